@@ -1,0 +1,1 @@
+//! Image store: see the crate docs.

@@ -1,0 +1,1 @@
+//! Machines: see the crate docs.
