@@ -1,0 +1,326 @@
+//! Root integration tests of `LinuxHostNet`: real bridges, veth pairs, namespaces and
+//! nftables. They use organization indexes 250..=254 and machine ids starting with `fe`,
+//! which a running server does not hand out, and guards remove everything even when an
+//! assertion fails.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd as _;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use hangar_net::{
+    HostNet, LinuxHostNet, MachineNetwork, NetPool, OrgNetwork, allocate_ipv4, allocate_ipv6,
+    machine_network, org_network,
+};
+
+fn is_root() -> bool {
+    if rustix::process::geteuid().is_root() {
+        true
+    } else {
+        println!(
+            "skipping: hangar-net Linux tests need root (network namespaces, bridges, nftables)"
+        );
+        false
+    }
+}
+
+/// A machine id no server hands out (`fe` + pid + counter), unique per test process.
+fn test_machine_id() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("fe{:08x}{:04x}", std::process::id(), n & 0xffff)
+}
+
+/// Removes the machines and organizations it knows about when dropped, so a failed
+/// assertion leaves nothing behind on the host.
+struct Cleanup<'a> {
+    net: &'a LinuxHostNet,
+    orgs: Vec<OrgNetwork>,
+    machines: Vec<MachineNetwork>,
+}
+
+impl<'a> Cleanup<'a> {
+    fn new(net: &'a LinuxHostNet) -> Self {
+        Cleanup {
+            net,
+            orgs: Vec::new(),
+            machines: Vec::new(),
+        }
+    }
+
+    fn org(&mut self, index: u32) -> Result<OrgNetwork> {
+        let org = org_network(&NetPool::default(), index)?;
+        self.orgs.push(org.clone());
+        self.net.ensure_org(&org)?;
+        Ok(org)
+    }
+
+    fn machine(&mut self, org: &OrgNetwork) -> Result<MachineNetwork> {
+        let m = machine_network(
+            org,
+            &test_machine_id(),
+            allocate_ipv4(org, &BTreeSet::new())?,
+            allocate_ipv6(org, &BTreeSet::new())?,
+        );
+        self.machines.push(m.clone());
+        self.net.create_machine(&m)?;
+        Ok(m)
+    }
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for m in &self.machines {
+            if let Err(err) = self.net.destroy_machine(m) {
+                eprintln!("cleanup: {err}");
+            }
+        }
+        for org in &self.orgs {
+            if let Err(err) = self.net.destroy_org(org) {
+                eprintln!("cleanup: {err}");
+            }
+        }
+    }
+}
+
+/// Opens a listening socket inside the machine's namespace. The socket is created on a
+/// short-lived thread that joins the namespace (`setns` only affects the calling thread);
+/// a socket stays in the namespace it was created in, so the test thread can accept on it.
+fn listen_in(m: &MachineNetwork) -> Result<TcpListener> {
+    let path = m.netns_path.clone();
+    std::thread::spawn(move || -> Result<TcpListener> {
+        let netns = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        rustix::thread::move_into_link_name_space(
+            netns.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )?;
+        // `[::]` accepts IPv4 too (dual-stack), like the test app.
+        Ok(TcpListener::bind("[::]:8080")?)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("listener thread panicked"))?
+}
+
+/// Connects from the host to `addr`, has the listener in the machine answer, and returns
+/// what the host read.
+fn round_trip(listener: &TcpListener, addr: IpAddr) -> Result<String> {
+    let target = SocketAddr::new(addr, 8080);
+    let mut client = TcpStream::connect_timeout(&target, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {target} from the host"))?;
+    client.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // The handshake completed in the kernel's backlog, so accepting now cannot block long;
+    // a non-blocking accept polled against a deadline keeps the test bounded regardless.
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut server, peer) = loop {
+        match listener.accept() {
+            Ok(accepted) => break accepted,
+            Err(err)
+                if err.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+            {
+                std::thread::yield_now();
+            }
+            Err(err) => bail!("accepting in the machine namespace: {err}"),
+        }
+    };
+    server.write_all(format!("hello {peer}\n").as_bytes())?;
+    drop(server);
+    let mut reply = String::new();
+    client.read_to_string(&mut reply)?;
+    Ok(reply)
+}
+
+fn nft_table() -> Result<String> {
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", "hangar"])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn assert_machine_gone(net: &LinuxHostNet, m: &MachineNetwork) -> Result<()> {
+    ensure!(
+        !m.netns_path.exists(),
+        "{} still exists",
+        m.netns_path.display()
+    );
+    ensure!(
+        !net.link_exists(&m.host_veth),
+        "veth {} still exists",
+        m.host_veth
+    );
+    let id = m.netns.trim_start_matches("hangar-");
+    ensure!(
+        !net.list_machine_netns()?.iter().any(|x| x == id),
+        "{id} still listed"
+    );
+    Ok(())
+}
+
+#[test]
+fn two_orgs_reachable_separate_and_fully_removed() -> Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let net = LinuxHostNet::new();
+    net.check_tools()?;
+    let mut guard = Cleanup::new(&net);
+    let org_a = guard.org(251)?;
+    let org_b = guard.org(252)?;
+    let a = guard.machine(&org_a)?;
+    let b = guard.machine(&org_b)?;
+
+    let listed = net.list_machine_netns()?;
+    for m in [&a, &b] {
+        ensure!(
+            listed.contains(&m.netns["hangar-".len()..].to_owned()),
+            "{} not listed in {listed:?}",
+            m.netns
+        );
+    }
+    // The two host ends sit on their own organization's bridge.
+    assert_eq!(net.link_master(&a.host_veth).as_deref(), Some("hgbr251"));
+    assert_eq!(net.link_master(&b.host_veth).as_deref(), Some("hgbr252"));
+
+    // Right after creation (no waiting for duplicate address detection), the host reaches
+    // each machine over IPv4 and IPv6.
+    for m in [&a, &b] {
+        let listener = listen_in(m)?;
+        for addr in [IpAddr::V4(m.ipv4), IpAddr::V6(m.ipv6)] {
+            let reply = round_trip(&listener, addr)?;
+            ensure!(
+                reply.starts_with("hello "),
+                "unexpected reply {reply:?} from {addr}"
+            );
+        }
+    }
+
+    // The firewall keeps the organizations apart.
+    let table = nft_table()?;
+    for bridge in ["hgbr251", "hgbr252"] {
+        let rule = format!("iifname \"{bridge}\" oifname \"hgbr*\" oifname != \"{bridge}\" drop");
+        ensure!(table.contains(&rule), "missing {rule:?} in:\n{table}");
+    }
+
+    for m in [&a, &b] {
+        net.destroy_machine(m)?;
+        assert_machine_gone(&net, m)?;
+        // Destroying again is fine.
+        net.destroy_machine(m)?;
+    }
+    for org in [&org_a, &org_b] {
+        net.destroy_org(org)?;
+        ensure!(
+            !net.link_exists(&org.bridge),
+            "bridge {} still exists",
+            org.bridge
+        );
+        ensure!(
+            !nft_table()?.contains(&format!("\"{}\"", org.bridge)),
+            "rule of {} left",
+            org.bridge
+        );
+        net.destroy_org(org)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn create_replaces_a_half_made_network() -> Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let net = LinuxHostNet::new();
+    let mut guard = Cleanup::new(&net);
+    let org = org_network(&NetPool::default(), 253)?;
+    guard.orgs.push(org.clone());
+    let id = test_machine_id();
+    let m = machine_network(&org, &id, "172.29.253.7".parse()?, "fdaa:0:fd::7".parse()?);
+    guard.machines.push(m.clone());
+    // A crash between the two steps leaves a namespace without a veth.
+    let status = Command::new("ip")
+        .args(["netns", "add", &m.netns])
+        .status()?;
+    ensure!(status.success(), "ip netns add failed");
+    // create_machine also creates the organization's bridge on its own.
+    net.create_machine(&m)?;
+    assert_eq!(net.link_master(&m.host_veth).as_deref(), Some("hgbr253"));
+    let listener = listen_in(&m)?;
+    round_trip(&listener, IpAddr::V6(m.ipv6))?;
+    drop(listener);
+    // Creating it again replaces it rather than failing on "File exists".
+    net.create_machine(&m)?;
+    let listener = listen_in(&m)?;
+    round_trip(&listener, IpAddr::V4(m.ipv4))?;
+    Ok(())
+}
+
+#[test]
+fn destroy_removes_the_veth_while_the_namespace_is_still_held() -> Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let net = LinuxHostNet::new();
+    let mut guard = Cleanup::new(&net);
+    let org = guard.org(254)?;
+    let m = guard.machine(&org)?;
+    // A container that has not exited yet keeps the namespace alive, like this open file.
+    let holder = fs::File::open(&m.netns_path)?;
+    net.destroy_machine(&m)?;
+    assert_machine_gone(&net, &m)?;
+    drop(holder);
+    Ok(())
+}
+
+#[test]
+fn unsafe_names_are_refused_before_touching_the_host() -> Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let net = LinuxHostNet::new();
+    let org = org_network(&NetPool::default(), 250)?;
+    let m = machine_network(
+        &org,
+        "../../etc",
+        "172.29.250.2".parse()?,
+        "fdaa:0:fa::2".parse()?,
+    );
+    let err = net.create_machine(&m).expect_err("refused");
+    ensure!(
+        err.to_string()
+            .starts_with("invalid network namespace name"),
+        "{err}"
+    );
+    ensure!(
+        !net.link_exists(&org.bridge),
+        "the bridge must not be created for a refused machine"
+    );
+    ensure!(!Path::new("/run/netns/hangar-..").exists());
+    Ok(())
+}
+
+#[test]
+fn missing_programs_give_a_clear_error() -> Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let net = LinuxHostNet::with_programs("/nonexistent/ip", "/nonexistent/nft");
+    let err = net.check_tools().expect_err("no ip");
+    ensure!(
+        err.to_string()
+            .contains("is the iproute2 package installed?"),
+        "{err}"
+    );
+    let net = LinuxHostNet::with_programs("ip", "/nonexistent/nft");
+    let err = net.check_tools().expect_err("no nft");
+    ensure!(
+        err.to_string().contains("install the nftables package"),
+        "{err}"
+    );
+    Ok(())
+}
