@@ -1,0 +1,134 @@
+//! The command tree of the `hangar` CLI (`docs/cli.md` describes every command).
+
+pub mod apps;
+pub mod images;
+pub mod logs;
+pub mod machine;
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use hangar_client::{Client, Overrides, Token};
+
+use crate::output::Output;
+use crate::server;
+
+/// Run OCI images as machines on servers you own, the Fly.io way.
+#[derive(Debug, Parser)]
+#[command(name = "hangar", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Print JSON instead of tables, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// URL of the Hangar API [default: $HANGAR_API_URL, the config file, or http://127.0.0.1:4280].
+    #[arg(long, global = true, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// API token [default: $HANGAR_API_TOKEN, the config file, or <data-dir>/admin-token].
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Hangar server on this host (as root).
+    Server(server::ServerArgs),
+    /// Create, list and destroy apps.
+    #[command(subcommand)]
+    Apps(apps::AppsCommand),
+    /// Run and manage machines.
+    #[command(subcommand, visible_alias = "machines")]
+    Machine(machine::MachineCommand),
+    /// Import, pull, list and remove images.
+    #[command(subcommand, visible_alias = "image")]
+    Images(images::ImagesCommand),
+    /// Print (and follow) a machine's output.
+    Logs(logs::LogsArgs),
+}
+
+/// What every client command gets: the output form and how to reach the API.
+pub struct Ctx {
+    pub out: Output,
+    overrides: Overrides,
+}
+
+impl Ctx {
+    /// A client of the API, found as `docs/cli.md` describes.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::from_env(&self.overrides)?)
+    }
+}
+
+/// Runs the command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = Ctx {
+        out: Output {
+            json: cli.global.json,
+        },
+        overrides: Overrides {
+            api_url: cli.global.api_url,
+            token: cli.global.token.map(Token::new),
+        },
+    };
+    match cli.command {
+        // The server builds its own runtime: it is not a client command.
+        Command::Server(args) => server::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Apps(c) => block_on(apps::run(&ctx, c)),
+        Command::Machine(c) => block_on(machine::run(&ctx, c)),
+        Command::Images(c) => block_on(images::run(&ctx, c)),
+        Command::Logs(args) => block_on(logs::run(&ctx, args)),
+    }
+}
+
+/// Runs a client command on a single-threaded runtime: it makes a few requests in
+/// sequence, so more threads would only cost start-up time.
+fn block_on<F: Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(f)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `--app`: an app name (a DNS label).
+pub fn parse_app(s: &str) -> Result<String, String> {
+    hangar_core::names::validate_app_name(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
+}
+
+/// Parses a machine id.
+pub fn parse_machine_id(s: &str) -> Result<hangar_core::MachineId, String> {
+    s.parse().map_err(|e: hangar_core::ids::InvalidMachineId| e.to_string())
+}
+
+/// The `--app` option of machine and log commands.
+#[derive(Debug, Clone, Args)]
+pub struct AppArg {
+    /// The app (or set HANGAR_APP).
+    #[arg(short = 'a', long = "app", env = "HANGAR_APP", value_name = "APP", value_parser = parse_app)]
+    pub app: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
