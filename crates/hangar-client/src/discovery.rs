@@ -83,11 +83,7 @@ pub fn resolve_with(
 ) -> Result<Settings, ClientError> {
     // Empty variables count as unset, as a shell `export X=` usually means "no value".
     let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-    let (config_path, config) = load_config_file(&var)?;
-    let config_label = config_path.as_ref().map_or_else(
-        || "no config file (~/.config/hangar/config.toml does not exist)".to_owned(),
-        |p| p.display().to_string(),
-    );
+    let (config_label, config) = load_config_file(&var)?;
 
     let api_url = overrides
         .api_url
@@ -143,10 +139,10 @@ pub fn resolve_with(
 }
 
 /// Finds and parses the config file; a missing default file is no error, a missing
-/// `$HANGAR_CONFIG` is.
+/// `$HANGAR_CONFIG` is. Also returns how to name the file in messages.
 fn load_config_file(
     var: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Option<PathBuf>, ConfigFile), ClientError> {
+) -> Result<(String, ConfigFile), ClientError> {
     let (path, required) = if let Some(p) = var("HANGAR_CONFIG") {
         (PathBuf::from(p), true)
     } else if let Some(dir) = var("XDG_CONFIG_HOME") {
@@ -154,12 +150,18 @@ fn load_config_file(
     } else if let Some(home) = var("HOME") {
         (Path::new(&home).join(".config/hangar/config.toml"), false)
     } else {
-        return Ok((None, ConfigFile::default()));
+        return Ok((
+            "no config file (HOME is unset)".to_owned(),
+            ConfigFile::default(),
+        ));
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-            return Ok((None, ConfigFile::default()));
+            return Ok((
+                format!("{} (does not exist)", path.display()),
+                ConfigFile::default(),
+            ));
         }
         Err(e) => {
             return Err(ClientError::Config {
@@ -175,7 +177,7 @@ fn load_config_file(
         ),
         path: path.clone(),
     })?;
-    Ok((Some(path), config))
+    Ok((path.display().to_string(), config))
 }
 
 #[cfg(test)]
