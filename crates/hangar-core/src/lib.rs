@@ -10,6 +10,7 @@
 pub mod ids;
 pub mod machine;
 pub mod names;
+pub mod config;
 
 pub use ids::{InstanceId, MachineId};
 pub use machine::{
