@@ -261,10 +261,10 @@ fn libc_signal(name: &str) -> Option<i32> {
 /// Parses `SIGTERM`, `TERM`, `sigterm` or `15`.
 pub fn parse_signal(s: &str) -> Result<i32, ConfigError> {
     let up = s.trim().to_ascii_uppercase();
-    if let Ok(n) = up.parse::<i32>() {
-        if SIGNALS.iter().any(|(_, v)| *v == n) {
-            return Ok(n);
-        }
+    if let Ok(n) = up.parse::<i32>()
+        && SIGNALS.iter().any(|(_, v)| *v == n)
+    {
+        return Ok(n);
     }
     let full = if up.starts_with("SIG") {
         up
@@ -298,10 +298,10 @@ impl fmt::Display for GoDuration {
             return f.write_str("0s");
         }
         let ms = d.as_millis();
-        if d.subsec_nanos() % 1_000_000 != 0 {
+        if !d.subsec_nanos().is_multiple_of(1_000_000) {
             return write!(f, "{}ns", d.as_nanos());
         }
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             return write!(f, "{ms}ms");
         }
         let mut secs = d.as_secs();
@@ -708,13 +708,13 @@ impl MachineConfig {
                     "must be at least 1 MiB (Fly sizes use multiples of 256)",
                 ));
             }
-            if let Some(host) = host_memory_mb {
-                if g.memory_mb > host {
-                    return Err(ConfigError::new(
-                        "guest.memory_mb",
-                        format!("{} MiB is more than this host's {host} MiB", g.memory_mb),
-                    ));
-                }
+            if let Some(host) = host_memory_mb
+                && g.memory_mb > host
+            {
+                return Err(ConfigError::new(
+                    "guest.memory_mb",
+                    format!("{} MiB is more than this host's {host} MiB", g.memory_mb),
+                ));
             }
             if !matches!(g.cpu_kind.as_str(), "shared" | "performance") {
                 return Err(ConfigError::new(
@@ -746,13 +746,13 @@ impl MachineConfig {
             stop.signal_number()
                 .map_err(|e| ConfigError::new("stop_config.signal", e.message))?;
         }
-        if let Some(schedule) = &self.schedule {
-            if !matches!(schedule.as_str(), "hourly" | "daily" | "weekly" | "monthly") {
-                return Err(ConfigError::new(
-                    "schedule",
-                    format!("{schedule:?} is not hourly, daily, weekly or monthly"),
-                ));
-            }
+        if let Some(schedule) = &self.schedule
+            && !matches!(schedule.as_str(), "hourly" | "daily" | "weekly" | "monthly")
+        {
+            return Err(ConfigError::new(
+                "schedule",
+                format!("{schedule:?} is not hourly, daily, weekly or monthly"),
+            ));
         }
         for (i, s) in self.services.iter().enumerate() {
             if s.internal_port == 0 {
