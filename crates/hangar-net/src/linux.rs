@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{ErrorKind, Write as _};
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -229,6 +230,61 @@ impl LinuxHostNet {
         }
     }
 
+    /// Turns off duplicate address detection inside a machine's namespace (for `all`,
+    /// `default` and the guest interface, since the kernel skips it only when both `all` and
+    /// the interface say so), before the interface goes up. Otherwise its link-local address
+    /// stays tentative for a second or more after start.
+    ///
+    /// The sysctl files under `/proc/sys/net` belong to the network namespace of the thread
+    /// that opens them, so a short-lived thread joins the namespace (`setns` only moves the
+    /// calling thread) and writes them; no fork, no helper process.
+    fn disable_dad_in_netns(&self, m: &MachineNetwork) -> Result<(), NetError> {
+        let joined = std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> Result<(), NetError> {
+                    let netns = fs::File::open(&m.netns_path).map_err(|source| NetError::Io {
+                        action: "opening",
+                        path: m.netns_path.clone(),
+                        source,
+                    })?;
+                    rustix::thread::move_into_link_name_space(
+                        netns.as_fd(),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .map_err(|errno| NetError::Io {
+                        action: "joining network namespace",
+                        path: m.netns_path.clone(),
+                        source: errno.into(),
+                    })?;
+                    for conf in ["all", "default", m.guest_ifname.as_str()] {
+                        let path = Path::new("/proc/sys/net/ipv6/conf")
+                            .join(conf)
+                            .join("accept_dad");
+                        match fs::write(&path, "0\n") {
+                            Ok(()) => {}
+                            // IPv6 is disabled: adding the IPv6 address reports that.
+                            Err(err) if err.kind() == ErrorKind::NotFound => {}
+                            Err(source) => {
+                                return Err(NetError::Io {
+                                    action: "writing",
+                                    path,
+                                    source,
+                                });
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+                .join()
+        });
+        joined.unwrap_or_else(|_| {
+            Err(NetError::Verify {
+                what: format!("disabling duplicate address detection in {}", m.netns),
+                detail: "the helper thread panicked".to_owned(),
+            })
+        })
+    }
+
     fn netns_exists(&self, netns: &str) -> bool {
         fs::symlink_metadata(self.netns_dir.join(netns)).is_ok()
     }
@@ -356,6 +412,7 @@ impl HostNet for LinuxHostNet {
         let result = self
             .ip_batch(None, &machine_host_batch(m), &what)
             .and_then(|()| {
+                self.disable_dad_in_netns(m)?;
                 let what = format!("configuring eth0 in network namespace {}", m.netns);
                 self.ip_batch(Some(&m.netns), &machine_netns_batch(m), &what)
             });

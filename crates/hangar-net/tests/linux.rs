@@ -183,6 +183,32 @@ fn two_orgs_reachable_separate_and_fully_removed() -> Result<()> {
             m.netns
         );
     }
+    // Bridges: fixed MAC, no duplicate address detection; and a second instance (a
+    // restarted server) accepts the existing bridge.
+    for org in [&org_a, &org_b] {
+        let mac = fs::read_to_string(format!("/sys/class/net/{}/address", org.bridge))?;
+        assert_eq!(mac.trim(), org.bridge_mac());
+        let dad = fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{}/accept_dad", org.bridge))?;
+        assert_eq!(dad.trim(), "0");
+        LinuxHostNet::new().ensure_org(org)?;
+    }
+    // The machines' IPv6 addresses are usable at once: not tentative (waiting for duplicate
+    // address detection), which would delay the first connection by a second or more.
+    for m in [&a, &b] {
+        let out = Command::new("ip")
+            .args(["-n", &m.netns, "-6", "addr", "show", "dev", "eth0"])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            text.contains(&format!("inet6 {}/64", m.ipv6)),
+            "address missing:\n{text}"
+        );
+        ensure!(
+            !text.contains("tentative"),
+            "address still tentative:\n{text}"
+        );
+    }
+
     // The two host ends sit on their own organization's bridge.
     assert_eq!(net.link_master(&a.host_veth).as_deref(), Some("hgbr251"));
     assert_eq!(net.link_master(&b.host_veth).as_deref(), Some("hgbr252"));
