@@ -350,3 +350,80 @@ fn missing_programs_give_a_clear_error() -> Result<()> {
     );
     Ok(())
 }
+
+/// Set in the child process that runs [`teardown_all_removes_everything`] in private
+/// namespaces.
+const ISOLATED_ENV: &str = "HANGAR_NET_TEST_ISOLATED";
+
+/// `teardown_all` removes every Hangar namespace, bridge and the nftables table on the host,
+/// which would break a server or other tests running alongside. So the test re-runs itself
+/// under `unshare` in a private network namespace (own bridges, own nftables) and a private
+/// mount namespace with its own sysfs (own /sys/class/net) and a tmpfs on /run/netns (own
+/// namespace names).
+#[test]
+fn teardown_all_removes_everything() -> Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    if std::env::var_os(ISOLATED_ENV).is_none() {
+        let exe = std::env::current_exe()?;
+        let output = Command::new("unshare")
+            .args([
+                "--mount",
+                "--net",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+            ])
+            .arg(concat!(
+                // sysfs shows the interfaces of the namespace it was mounted in.
+                "mount -t sysfs sysfs /sys && ",
+                "mkdir -p /run/netns && mount -t tmpfs hangar-test /run/netns && ",
+                r#"exec "$0" --exact teardown_all_removes_everything --nocapture"#
+            ))
+            .arg(exe)
+            .env(ISOLATED_ENV, "1")
+            .output()
+            .context("running unshare (util-linux)")?;
+        ensure!(
+            output.status.success(),
+            "isolated teardown test failed: {}\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return Ok(());
+    }
+
+    let net = LinuxHostNet::new();
+    let mut guard = Cleanup::new(&net);
+    let org_a = guard.org(251)?;
+    let org_b = guard.org(252)?;
+    let a = guard.machine(&org_a)?;
+    let b = guard.machine(&org_b)?;
+    ensure!(nft_table()?.contains("hgbr252"));
+    // A leftover namespace of a machine the store no longer knows.
+    let orphan = format!("hangar-{}", test_machine_id());
+    ensure!(
+        Command::new("ip")
+            .args(["netns", "add", &orphan])
+            .status()?
+            .success()
+    );
+    assert_eq!(net.list_machine_netns()?.len(), 3);
+
+    net.teardown_all()?;
+    assert_eq!(net.list_machine_netns()?, Vec::<String>::new());
+    for m in [&a, &b] {
+        assert_machine_gone(&net, m)?;
+    }
+    assert_eq!(net.hangar_bridges()?, Vec::<String>::new());
+    let out = Command::new("nft").args(["list", "tables"]).output()?;
+    let tables = String::from_utf8_lossy(&out.stdout);
+    ensure!(!tables.contains("hangar"), "table left: {tables}");
+    // Tearing down an empty host is fine too.
+    net.teardown_all()?;
+    Ok(())
+}
