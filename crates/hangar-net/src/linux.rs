@@ -5,7 +5,13 @@
 //! namespace needs `unshare(CLONE_NEWNET)` plus a bind mount, which in a multi-threaded
 //! daemon means either a fork without exec (unsafe with other threads' locks) or unsafe
 //! code; `ip netns add` does it in its own process. With `-batch`, a machine costs two
-//! process spawns to create and one to destroy, a few milliseconds in all.
+//! process spawns to create and one to destroy. The only in-process namespace work is
+//! `setns` on a short-lived thread to write the namespace's IPv6 sysctls, which needs no
+//! fork and touches no other thread.
+//!
+//! Existence checks read `/sys/class/net` and `/run/netns`, so `/sys` must be mounted from
+//! the server's own network namespace (it is, unless the server runs in an unusual
+//! container).
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -103,6 +103,9 @@ impl Server {
                 // shortage: keep serving the others.
                 Err(err) => {
                     eprintln!("accept failed: {err}");
+                    // Out of file descriptors or memory: back off briefly instead of
+                    // spinning on the same error.
+                    std::thread::sleep(Duration::from_millis(10));
                     continue;
                 }
             };
@@ -379,6 +382,13 @@ fn handle(
             allow,
         } => (status, body, allow),
         Action::Sleep(duration) => {
+            // Announced, so a test can send SIGTERM knowing this request is in flight.
+            println!(
+                "{} {} sleeping {} ms",
+                req.method,
+                req.path,
+                duration.as_millis()
+            );
             std::thread::sleep(duration);
             (200, format!("slept {} ms\n", duration.as_millis()), None)
         }

@@ -170,6 +170,9 @@ fn sigterm_finishes_the_in_flight_request_then_exits_zero() {
     writer
         .write_all(b"GET /slow?ms=700 HTTP/1.1\r\n\r\n")
         .unwrap();
+    // Only once the app has read the request is it in flight; before that, a shutdown
+    // may rightly close the idle connection.
+    app.wait_line(|l| l == "GET /slow sleeping 700 ms");
     app.signal(Signal::TERM);
     app.wait_line(|l| l.contains("received SIGTERM, stopping"));
     let mut response = String::new();
