@@ -7,10 +7,10 @@
 //! The machine types follow the shape of Fly.io's Machines API (`MachineConfig`,
 //! `Machine`, `MachineEvent`) so that existing Fly clients work unchanged.
 
+pub mod config;
 pub mod ids;
 pub mod machine;
 pub mod names;
-pub mod config;
 
 pub use ids::{InstanceId, MachineId};
 pub use machine::{

@@ -55,7 +55,11 @@ fn name(p: &Path) -> String {
 #[test]
 fn every_real_world_file_validates_or_is_rejected_for_a_stated_reason() {
     let files = fixtures();
-    assert!(files.len() >= 50, "expected the fixture folder, found {} files", files.len());
+    assert!(
+        files.len() >= 50,
+        "expected the fixture folder, found {} files",
+        files.len()
+    );
     let mut failures = Vec::new();
     let mut rejected = Vec::new();
     for path in &files {
@@ -96,6 +100,10 @@ fn every_real_world_file_validates_or_is_rejected_for_a_stated_reason() {
             assert!(d.severity == Severity::Error || d.severity == Severity::Warning);
         }
     }
-    assert_eq!(rejected.len(), EXPECTED_REJECTIONS.len(), "a listed rejection file is missing");
+    assert_eq!(
+        rejected.len(),
+        EXPECTED_REJECTIONS.len(),
+        "a listed rejection file is missing"
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

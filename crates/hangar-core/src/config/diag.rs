@@ -113,9 +113,10 @@ impl LineIndex {
         let start = self.starts[line];
         // The offset may fall inside a multi-byte character when it comes from a
         // heuristic search; count only whole characters before it.
-        let column = src
-            .get(start..offset)
-            .map_or_else(|| src[start..].chars().count().min(offset - start), |s| s.chars().count());
+        let column = src.get(start..offset).map_or_else(
+            || src[start..].chars().count().min(offset - start),
+            |s| s.chars().count(),
+        );
         (
             u32::try_from(line + 1).unwrap_or(u32::MAX),
             u32::try_from(column + 1).unwrap_or(u32::MAX),
@@ -132,7 +133,10 @@ pub(crate) fn suggest(unknown: &str, known: &[&str]) -> Option<String> {
         // Allow about one edit per three characters, at least one, so that
         // `internal_prot` finds `internal_port` but `foo` does not find `app`.
         let limit = (k.chars().count() / 3).max(1);
-        if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
+        // A value that extends a known one (`rolling-eyes`) most likely meant it.
+        let extends = k.len() >= 3 && lower.starts_with(&k.replace('-', "_"));
+        let d = if extends { d.min(limit) } else { d };
+        if (d <= limit) && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, k));
         }
     }

@@ -14,17 +14,18 @@ mod diag;
 mod model;
 mod node;
 mod parse;
+mod render;
 mod resolve;
 mod units;
 mod validate;
 
 pub use diag::{Diagnostic, DiagnosticKind, Severity, has_fatal};
 pub use model::{
-    AppConfig, AutoStop, Build, Compute, Concurrency, Deploy, Experimental, FileSpec,
-    HttpService, Metrics, Mount, Port, Restart, Service, ServiceCheck, StaticFiles,
-    TopLevelCheck,
+    AppConfig, AutoStop, Build, Compute, Concurrency, Deploy, Experimental, FileSpec, HttpService,
+    Metrics, Mount, Port, Restart, Service, ServiceCheck, StaticFiles, TopLevelCheck,
 };
 pub use node::Format;
+pub use render::{RenderError, to_toml_string};
 pub use resolve::{
     DeployPlan, LocalFile, PRESET_NAMES, ProcessGroup, ResolveError, ResolvedApp, Strategy,
     default_group, guest_of, preset, resolve,

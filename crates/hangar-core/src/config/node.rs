@@ -124,14 +124,20 @@ pub(crate) fn parse(
         Format::Json => {
             let value: serde_json::Value = serde_json::from_str(src).map_err(|e| {
                 let offset = offset_of(lines, src, e.line(), e.column());
-                syntax(offset, format!("invalid JSON: {}", strip_position(&e.to_string())))
+                syntax(
+                    offset,
+                    format!("invalid JSON: {}", strip_position(&e.to_string())),
+                )
             })?;
             Ok(from_json(&value, src, 0))
         }
         Format::Yaml => {
             let value: serde_yaml::Value = serde_yaml::from_str(src).map_err(|e| {
                 let offset = e.location().map_or(0, |l| l.index());
-                syntax(offset, format!("invalid YAML: {}", strip_position(&e.to_string())))
+                syntax(
+                    offset,
+                    format!("invalid YAML: {}", strip_position(&e.to_string())),
+                )
             })?;
             let json = yaml_to_json(value);
             Ok(from_json(&json, src, 0))
@@ -281,12 +287,9 @@ fn from_json(value: &serde_json::Value, src: &str, offset: usize) -> Node {
             None => NodeValue::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
         J::String(s) => NodeValue::Str(s.clone()),
-        J::Array(items) => NodeValue::Array(
-            items
-                .iter()
-                .map(|v| from_json(v, src, offset))
-                .collect(),
-        ),
+        J::Array(items) => {
+            NodeValue::Array(items.iter().map(|v| from_json(v, src, offset)).collect())
+        }
         J::Object(map) => NodeValue::Table(
             map.iter()
                 .map(|(k, v)| {

@@ -16,7 +16,7 @@ use super::model::{
     Metrics, Mount, Port, Restart, Service, ServiceCheck, StaticFiles, TopLevelCheck,
 };
 use super::node::{Entry, Node, NodeValue};
-use super::units::{parse_size, NumberUnit};
+use super::units::{NumberUnit, parse_size};
 use crate::machine::GoDuration;
 
 /// Walks one document, collecting diagnostics and key positions.
@@ -276,7 +276,9 @@ impl<'a> Walker<'a> {
             NodeValue::Array(items) => {
                 let mut out = Vec::new();
                 for (i, item) in items.iter().enumerate() {
-                    out.push(self.string(item, &index(path, i))?);
+                    let ip = index(path, i);
+                    self.record(&ip, item.offset);
+                    out.push(self.string(item, &ip)?);
                 }
                 Some(out)
             }
@@ -313,7 +315,11 @@ impl<'a> Walker<'a> {
             }
         };
         if n < 0 && min >= 0 {
-            self.error(node, path, format!("{path:?} is {n}; it must not be negative"));
+            self.error(
+                node,
+                path,
+                format!("{path:?} is {n}; it must not be negative"),
+            );
             return None;
         }
         if n < min || n > max {
@@ -613,8 +619,10 @@ impl<'a> Walker<'a> {
         if cfg.kill_timeout.is_none() {
             cfg.kill_timeout = experimental_kill_timeout;
         }
-        if let (Some(port), path, offset) = experimental_metrics {
-            if cfg.metrics.is_empty() {
+        if let (Some(port), path, offset) = experimental_metrics
+            && cfg.metrics.is_empty()
+        {
+            {
                 let i = cfg.metrics.len();
                 self.record(&index("metrics", i), offset);
                 cfg.metrics.push(Metrics {
@@ -872,9 +880,7 @@ impl<'a> Walker<'a> {
                 DiagnosticKind::InvalidValue,
                 offset,
                 path,
-                format!(
-                    "invalid process group name {name:?}; use letters, digits, '-' and '_'"
-                ),
+                format!("invalid process group name {name:?}; use letters, digits, '-' and '_'"),
                 None,
             );
         } else if name.starts_with("fly_app_") {
@@ -968,8 +974,10 @@ impl<'a> Walker<'a> {
                 return None;
             }
         };
-        if let (Some(soft), Some(hard)) = (c.soft_limit, c.hard_limit) {
-            if soft > hard {
+        if let (Some(soft), Some(hard)) = (c.soft_limit, c.hard_limit)
+            && soft > hard
+        {
+            {
                 self.warn(
                     node.offset,
                     path,
@@ -1027,8 +1035,10 @@ impl<'a> Walker<'a> {
             "method" => c.method = self.string(n, &p),
             "path" => {
                 c.path = self.string(n, &p);
-                if let Some(path_value) = &c.path {
-                    if !path_value.starts_with('/') {
+                if let Some(path_value) = &c.path
+                    && !path_value.starts_with('/')
+                {
+                    {
                         self.warn(
                             n.offset,
                             &p,
@@ -1095,7 +1105,11 @@ impl<'a> Walker<'a> {
                 }
                 let http_only = matches!(
                     e.key.as_str(),
-                    "method" | "path" | "protocol" | "tls_skip_verify" | "tls_server_name"
+                    "method"
+                        | "path"
+                        | "protocol"
+                        | "tls_skip_verify"
+                        | "tls_server_name"
                         | "headers"
                 );
                 if kind == "tcp" && http_only {
@@ -1174,6 +1188,11 @@ impl<'a> Walker<'a> {
         ];
         let entries = self.table(node, path)?;
         let mut c = TopLevelCheck::default();
+        // A script check is ignored as a whole (one warning), so its own keys are not
+        // reported one by one.
+        let is_script = entries.iter().any(|e| {
+            e.key == "type" && matches!(&e.node.value, NodeValue::Str(s) if s == "script")
+        });
         for e in entries {
             let p = join(path, &e.key);
             match e.key.as_str() {
@@ -1209,6 +1228,7 @@ impl<'a> Walker<'a> {
                 "port" => c.port = self.port(&e.node, &p),
                 "processes" => c.processes = self.strings(&e.node, &p).unwrap_or_default(),
                 "name" => {} // The legacy array form's name, already used as the key.
+                "command" | "args" | "restart_limit" if is_script => {}
                 "command" | "args" | "restart_limit" => {
                     self.legacy(e, path, "script checks and restart limits were Fly v1 only");
                 }
@@ -1219,7 +1239,8 @@ impl<'a> Walker<'a> {
                 }
             }
         }
-        if c.kind.is_none() {
+        let type_given = entries.iter().any(|e| e.key == "type");
+        if c.kind.is_none() && !type_given {
             self.push(
                 Severity::Error,
                 DiagnosticKind::InvalidValue,
@@ -1301,11 +1322,7 @@ impl<'a> Walker<'a> {
                 "internal_port" => s.internal_port = self.port(n, &p),
                 "protocol" => {
                     if matches!(&n.value, NodeValue::Str(v) if v.is_empty()) {
-                        self.warn(
-                            n.offset,
-                            &p,
-                            format!("{p:?} is empty; \"tcp\" is used"),
-                        );
+                        self.warn(n.offset, &p, format!("{p:?} is empty; \"tcp\" is used"));
                     } else {
                         s.protocol = self.one_of(n, &p, &["tcp", "udp"]);
                     }
@@ -1351,7 +1368,7 @@ impl<'a> Walker<'a> {
                 format!("service {path:?} has no internal_port; add the port your app listens on"),
             );
         }
-        if s.ports.is_empty() {
+        if s.ports.is_empty() && !self.has_error_at(path) {
             self.warn(
                 node.offset,
                 path,
@@ -1426,7 +1443,9 @@ impl<'a> Walker<'a> {
             (Some(a), Some(b)) if a > b => self.error(
                 node,
                 path,
-                format!("port range {a}-{b} in {path:?} is empty; start_port must not exceed end_port"),
+                format!(
+                    "port range {a}-{b} in {path:?} is empty; start_port must not exceed end_port"
+                ),
             ),
             (Some(_), None) | (None, Some(_)) => self.error(
                 node,
@@ -1524,7 +1543,11 @@ impl<'a> Walker<'a> {
     fn memory(&mut self, node: &Node, path: &str) -> Option<u64> {
         let mb = self.size(node, path, 1)?;
         if mb == 0 {
-            self.error(node, path, format!("{path:?} is 0; give the memory in MB, e.g. 512"));
+            self.error(
+                node,
+                path,
+                format!("{path:?} is 0; give the memory in MB, e.g. 512"),
+            );
             return None;
         }
         if mb % 256 != 0 {
@@ -1619,11 +1642,19 @@ impl<'a> Walker<'a> {
         }
         match source {
             Some(s) if !s.is_empty() => m.source = s,
-            _ => self.error(node, path, format!("mount {path:?} needs a source (the volume name)")),
+            _ => self.error(
+                node,
+                path,
+                format!("mount {path:?} needs a source (the volume name)"),
+            ),
         }
         match destination {
             Some(d) if !d.is_empty() => m.destination = d,
-            _ => self.error(node, path, format!("mount {path:?} needs a destination path")),
+            _ => self.error(
+                node,
+                path,
+                format!("mount {path:?} needs a destination path"),
+            ),
         }
         Some(m)
     }
@@ -1721,7 +1752,9 @@ impl<'a> Walker<'a> {
             self.error(
                 node,
                 path,
-                format!("{path:?} sets more than one of raw_value, local_path and secret_name; keep one"),
+                format!(
+                    "{path:?} sets more than one of raw_value, local_path and secret_name; keep one"
+                ),
             );
         }
         Some(f)

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{AppConfig, AutoStop, Build, Compute, ServiceCheck};
 use crate::machine::{
-    Autostop, CheckHeader, Concurrency, File, GoDuration, Guest, Init, MachineCheck,
-    MachineConfig, MachineMetrics, MachineMount, MachinePort, MachineService,
-    MachineServiceCheck, RestartConfig, RestartPolicy, Static, StopConfig,
+    Autostop, CheckHeader, Concurrency, File, GoDuration, Guest, Init, MachineCheck, MachineConfig,
+    MachineMetrics, MachineMount, MachinePort, MachineService, MachineServiceCheck, RestartConfig,
+    RestartPolicy, Static, StopConfig,
 };
 
 /// Why a config could not be resolved. `parse` reports all of these as errors
@@ -26,7 +26,9 @@ pub enum ResolveError {
         message: String,
     },
     /// A top-level check without a port, and no http_service to take it from.
-    #[error("check {name:?} has no port and there is no [http_service] internal_port; add port = ...")]
+    #[error(
+        "check {name:?} has no port and there is no [http_service] internal_port; add port = ..."
+    )]
     CheckPort {
         /// The check's name.
         name: String,
@@ -167,7 +169,11 @@ pub fn default_group(cfg: &AppConfig) -> String {
     if cfg.processes.is_empty() || cfg.processes.contains_key("app") {
         "app".to_owned()
     } else {
-        cfg.processes.keys().next().cloned().unwrap_or_else(|| "app".to_owned())
+        cfg.processes
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_else(|| "app".to_owned())
     }
 }
 
@@ -190,7 +196,11 @@ pub fn guest_of(c: &Compute) -> Guest {
         Some(mb) => g.memory_mb = mb,
         None => {
             // Fly's minimum memory per CPU: 256 MB shared, 2048 MB performance.
-            let per_cpu = if g.cpu_kind == "performance" { 2048 } else { 256 };
+            let per_cpu = if g.cpu_kind == "performance" {
+                2048
+            } else {
+                256
+            };
             g.memory_mb = g.memory_mb.max(u64::from(g.cpus) * per_cpu);
         }
     }
@@ -339,7 +349,8 @@ fn resolve_group(
     }
 
     m.env = cfg.env.clone();
-    m.env.insert("FLY_PROCESS_GROUP".to_owned(), group.to_owned());
+    m.env
+        .insert("FLY_PROCESS_GROUP".to_owned(), group.to_owned());
     if let Some(r) = &cfg.primary_region {
         m.env.insert("PRIMARY_REGION".to_owned(), r.clone());
     }
@@ -357,8 +368,10 @@ fn resolve_group(
     m.guest = vm.map(guest_of);
 
     let mut has_http_service = false;
-    if let Some(h) = &cfg.http_service {
-        if applies(&h.processes, group, default) {
+    if let Some(h) = &cfg.http_service
+        && applies(&h.processes, group, default)
+    {
+        {
             has_http_service = true;
             let force_https = h.force_https.unwrap_or(false);
             m.services.push(MachineService {
@@ -393,8 +406,11 @@ fn resolve_group(
         if !applies(&s.processes, group, default) {
             continue;
         }
-        let mut checks: Vec<MachineServiceCheck> =
-            s.tcp_checks.iter().map(|c| service_check("tcp", c)).collect();
+        let mut checks: Vec<MachineServiceCheck> = s
+            .tcp_checks
+            .iter()
+            .map(|c| service_check("tcp", c))
+            .collect();
         checks.extend(s.http_checks.iter().map(|c| service_check("http", c)));
         m.services.push(MachineService {
             protocol: s.protocol.clone().unwrap_or_else(|| "tcp".to_owned()),
@@ -422,7 +438,10 @@ fn resolve_group(
         });
     }
 
-    let fallback_port = cfg.http_service.as_ref().map(|h| h.internal_port.unwrap_or(8080));
+    let fallback_port = cfg
+        .http_service
+        .as_ref()
+        .map(|h| h.internal_port.unwrap_or(8080));
     for (name, c) in &cfg.checks {
         // Script checks were Fly v1's; the parser already warned that they are ignored.
         let Some(kind @ ("http" | "tcp")) = c.kind.as_deref() else {
@@ -437,13 +456,8 @@ fn resolve_group(
             .ok_or_else(|| ResolveError::CheckPort { name: name.clone() })?;
         let mut check = service_check(kind, &c.check);
         check.port = Some(port);
-        m.checks.insert(
-            name.clone(),
-            MachineCheck {
-                check,
-                kind: None,
-            },
-        );
+        m.checks
+            .insert(name.clone(), MachineCheck { check, kind: None });
     }
 
     m.mounts = cfg

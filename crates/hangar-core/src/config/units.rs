@@ -21,11 +21,8 @@ pub(crate) fn parse_size(s: &str, unit_mb: u64) -> Result<u64, String> {
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let unit = unit.trim();
-    let bad = || {
-        format!(
-            "invalid size {s:?}: write a number with a unit, e.g. \"512mb\" or \"2gb\""
-        )
-    };
+    let bad =
+        || format!("invalid size {s:?}: write a number with a unit, e.g. \"512mb\" or \"2gb\"");
     let n: f64 = num.parse().map_err(|_| bad())?;
     let mb_per_unit: f64 = match unit {
         "" => unit_mb as f64,

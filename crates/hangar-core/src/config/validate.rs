@@ -109,7 +109,11 @@ pub(crate) fn validate(w: &mut Walker<'_>, cfg: &AppConfig) {
     if cfg.processes.len() > 1 {
         let default = default_group(cfg);
         let mut unscoped = Vec::new();
-        if cfg.http_service.as_ref().is_some_and(|h| h.processes.is_empty()) {
+        if cfg
+            .http_service
+            .as_ref()
+            .is_some_and(|h| h.processes.is_empty())
+        {
             unscoped.push("http_service".to_owned());
         }
         for (i, s) in cfg.services.iter().enumerate() {
@@ -182,7 +186,10 @@ pub(crate) fn validate(w: &mut Walker<'_>, cfg: &AppConfig) {
         ),
         Some("bluegreen") => {
             let has_checks = !cfg.checks.is_empty()
-                || cfg.http_service.as_ref().is_some_and(|h| !h.checks.is_empty())
+                || cfg
+                    .http_service
+                    .as_ref()
+                    .is_some_and(|h| !h.checks.is_empty())
                 || cfg
                     .services
                     .iter()
