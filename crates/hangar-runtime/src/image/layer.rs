@@ -15,10 +15,12 @@
 //! (gzip, zstd or none, detected from the content) streams; the diff_id (SHA-256 of the
 //! uncompressed tar) is computed while reading and returned for the caller to verify.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use sha2::{Digest as _, Sha256};
 use tar::EntryType;
@@ -116,12 +118,16 @@ pub fn plan_entry(
     if file_name == OPAQUE_MARKER {
         return Ok(EntryAction::Opaque(parent));
     }
+    let aufs_meta = format!("{WHITEOUT_PREFIX}{WHITEOUT_PREFIX}");
+    if path
+        .iter()
+        .any(|c| c.to_string_lossy().starts_with(&aufs_meta))
+    {
+        // Other `.wh..wh.` names are aufs bookkeeping (hard-link directories); overlayfs
+        // has no use for them.
+        return Ok(EntryAction::Skip);
+    }
     if let Some(hidden) = file_name.strip_prefix(WHITEOUT_PREFIX) {
-        if hidden.starts_with(WHITEOUT_PREFIX) {
-            // Other `.wh..wh.` names are aufs bookkeeping (hard-link directories); overlayfs
-            // has no use for them.
-            return Ok(EntryAction::Skip);
-        }
         if hidden.is_empty() || hidden == "." || hidden == ".." {
             return Err(unsafe_entry(raw_path, "the whiteout names no file"));
         }
@@ -210,17 +216,29 @@ fn forget(state: &mut LayerState, path: &Path) {
     state.linkable.remove(path);
 }
 
-/// A reader that hashes everything read through it.
+/// A reader that hashes everything read through it, and records whether the input ended
+/// or failed, so a failed entry write is blamed on a truncated layer rather than the disk.
 struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
+    failed: Rc<Cell<bool>>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+        match self.inner.read(buf) {
+            Ok(n) => {
+                if n == 0 && !buf.is_empty() {
+                    self.failed.set(true);
+                }
+                self.hasher.update(&buf[..n]);
+                Ok(n)
+            }
+            Err(e) => {
+                self.failed.set(true);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -245,9 +263,11 @@ pub(crate) fn decompressed<'a>(r: impl Read + 'a) -> io::Result<Box<dyn Read + '
 pub fn unpack_layer(r: impl Read, dest: &Path) -> Result<String, ImageError> {
     let bad = |e: io::Error| ImageError::BadArchive(format!("reading the layer tar failed: {e}"));
     let reader = decompressed(r).map_err(bad)?;
+    let input_failed = Rc::new(Cell::new(false));
     let mut archive = tar::Archive::new(HashingReader {
         inner: reader,
         hasher: Sha256::new(),
+        failed: input_failed.clone(),
     });
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
@@ -261,7 +281,7 @@ pub fn unpack_layer(r: impl Read, dest: &Path) -> Result<String, ImageError> {
         let link_name = entry.link_name().map_err(bad)?.map(|l| l.into_owned());
         let kind = entry.header().entry_type();
         let action = plan_entry(&mut state, &raw_path, kind, link_name.as_deref())?;
-        apply(&mut entry, &action, dest, &raw_path)?;
+        apply(&mut entry, &action, dest, &raw_path, &input_failed)?;
     }
     // The tar end marker may be followed by padding; the diff_id covers the whole stream.
     let mut rest = archive.into_inner();
@@ -274,16 +294,45 @@ fn apply<R: Read>(
     action: &EntryAction,
     dest: &Path,
     raw_path: &Path,
+    input_failed: &Cell<bool>,
 ) -> Result<(), ImageError> {
     match action {
         EntryAction::Skip => Ok(()),
+        EntryAction::Unpack(path) if entry.header().entry_type() == EntryType::Fifo => {
+            // The tar crate writes FIFOs as empty regular files, so they are made here.
+            prepare_target(dest, path, false)?;
+            let full = dest.join(path);
+            let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &full,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(mode),
+                0,
+            )
+            .map_err(|e| io_err(format!("creating FIFO {}", full.display()))(e.into()))?;
+            // The umask may have masked the mode; set it exactly.
+            rustix::fs::chmod(&full, rustix::fs::Mode::from_raw_mode(mode))
+                .map_err(|e| io_err(format!("setting the mode of {}", full.display()))(e.into()))?;
+            let uid = entry.header().uid().unwrap_or(0);
+            let gid = entry.header().gid().unwrap_or(0);
+            std::os::unix::fs::lchown(&full, u32::try_from(uid).ok(), u32::try_from(gid).ok())
+                .map_err(io_err(format!("setting the owner of {}", full.display())))
+        }
         EntryAction::Unpack(path) => {
             let full = dest.join(path);
             let is_dir = entry.header().entry_type() == EntryType::Directory;
             prepare_target(dest, path, is_dir)?;
-            let unpacked = entry
-                .unpack_in(dest)
-                .map_err(io_err(format!("unpacking {}", full.display())))?;
+            let unpacked = entry.unpack_in(dest).map_err(|e| {
+                if input_failed.get() {
+                    ImageError::BadArchive(format!(
+                        "the layer tar is truncated or unreadable at {}: {e}",
+                        raw_path.display()
+                    ))
+                } else {
+                    io_err(format!("unpacking {}", full.display()))(e)
+                }
+            })?;
             if unpacked {
                 Ok(())
             } else {
