@@ -707,3 +707,76 @@ fn overlay_of_unpacked_layers_hides_whited_out_files() {
     );
     assert_eq!(fs::read(merged.join("data/new")).expect("data/new"), b"new");
 }
+
+#[test]
+fn an_image_index_resolves_to_the_host_platform() {
+    let env = Env::new();
+    let layout = env.path("multi");
+    // Two images share one layout directory (blobs merge; index.json is rewritten below).
+    let other = OciArchiveBuilder::new()
+        .file("arch", b"other", 0o644)
+        .write_oci_layout_dir(&layout, None)
+        .expect("w");
+    let host = OciArchiveBuilder::new()
+        .file("arch", b"host", 0o644)
+        .write_oci_layout_dir(&layout, None)
+        .expect("w");
+    let host_arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let other_arch = if host_arch == "amd64" {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    let size = |d: &str| {
+        fs::metadata(
+            layout
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .expect("blob")
+        .len()
+    };
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": other.manifest_digest,
+             "size": size(&other.manifest_digest), "platform": {"architecture": other_arch, "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": host.manifest_digest,
+             "size": size(&host.manifest_digest), "platform": {"architecture": host_arch, "os": "linux"}},
+        ],
+    }))
+    .expect("json");
+    let nested_digest = sha(&nested);
+    fs::write(
+        layout
+            .join("blobs/sha256")
+            .join(nested_digest.trim_start_matches("sha256:")),
+        &nested,
+    )
+    .expect("write");
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": nested_digest, "size": nested.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "multi:1"},
+    }]});
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).expect("json"),
+    )
+    .expect("index");
+
+    let imported = env.store.import_path(&layout, None).expect("import");
+    assert_eq!(imported[0].manifest_digest, host.manifest_digest);
+    let resolved = env.store.resolve("multi:1").expect("resolve");
+    assert_eq!(
+        fs::read(resolved.layers[0].join("arch")).expect("arch"),
+        b"host"
+    );
+    assert!(
+        env.store.blob_path(&other.manifest_digest).is_none(),
+        "only the host's image is stored"
+    );
+}

@@ -321,3 +321,26 @@ fn registry_error(registry: &str, reference: &str, e: OciDistributionError) -> I
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_registry;
+
+    #[test]
+    fn loopback_registries_get_plain_http() {
+        for (registry, loopback) in [
+            ("localhost", true),
+            ("localhost:5000", true),
+            ("127.0.0.1:5000", true),
+            ("127.9.8.7", true),
+            ("[::1]:5000", true),
+            ("[::1]", true),
+            ("128.0.0.1:5000", false),
+            ("registry.example:5000", false),
+            ("localhost.example", false),
+            ("[::2]:5000", false),
+        ] {
+            assert_eq!(is_loopback_registry(registry), loopback, "{registry}");
+        }
+    }
+}
