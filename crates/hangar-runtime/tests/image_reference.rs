@@ -44,6 +44,10 @@ fn valid_references() {
         "registry registry.example/app:latest",
     );
     check("[::1]:5000/app:v1", "registry [::1]:5000/app:v1");
+    // Docker Hub names take their familiar form.
+    check("docker.io/library/busybox:1", "local busybox:1");
+    check("docker.io/team/app", "local team/app:latest");
+    check("index.docker.io/library/a/b", "local library/a/b:latest");
     // Upper case is allowed in a registry host (it is case-insensitive DNS).
     check(
         "Registry.Example/app",

@@ -5,7 +5,8 @@
 //! `/`, tags of up to 128 word characters, sha256 digests). A reference is registry-looking
 //! when its first component contains `.` or `:` or is `localhost`; otherwise it names a
 //! local image. Names are not expanded to `docker.io/library/...`: `busybox` stays
-//! `busybox:latest` locally.
+//! `busybox:latest` locally, and Docker Hub names are shortened to that familiar form
+//! (`docker.io/library/busybox:1` is `busybox:1`), as `docker save` records them.
 
 use super::{ImageError, digest_hex};
 
@@ -119,7 +120,20 @@ pub fn parse_reference(s: &str) -> Result<ParsedReference, ImageError> {
     for component in &components {
         validate_component(s, component)?;
     }
-    let repository = components.join("/");
+    let mut repository = components.join("/");
+    // Docker Hub names are kept in their familiar form, as `docker save` writes them:
+    // `docker.io/library/busybox` is `busybox`, `docker.io/team/app` is `team/app`.
+    let registry = match registry {
+        Some(r) if r == "docker.io" || r == "index.docker.io" => {
+            if let Some(rest) = repository.strip_prefix("library/")
+                && !rest.contains('/')
+            {
+                repository = rest.to_string();
+            }
+            None
+        }
+        other => other,
+    };
     if repository.len() > 255 {
         return Err(invalid(
             s,
