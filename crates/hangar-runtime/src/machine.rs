@@ -269,6 +269,7 @@ struct Inner {
     runc: Runc,
     cgroups: Cgroups,
     cgroup_namespace: bool,
+    nofile: u64,
 }
 
 fn mkdir_private(path: &Path) -> Result<(), RuntimeError> {
@@ -296,6 +297,7 @@ impl MachineRuntime {
                 runc: Runc::new(&opts.runc, &opts.runc_root),
                 cgroups: Cgroups::detect(Path::new(CGROUP_MOUNT)),
                 cgroup_namespace: cgroup::cgroup_namespace_supported(),
+                nofile: spec::host_nofile_limit(),
                 opts,
             }),
         })
@@ -363,7 +365,12 @@ impl MachineRuntime {
                     .into_iter()
                     .chain(n.ipv6.map(IpAddr::V6))
                     .collect();
-                (own, n.hosts.clone(), n.nameservers.clone(), n.search.clone())
+                (
+                    own,
+                    n.hosts.clone(),
+                    n.nameservers.clone(),
+                    n.search.clone(),
+                )
             }
             None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         };
@@ -401,6 +408,7 @@ impl MachineRuntime {
             cgroup_parent: &opts.cgroup_parent,
             pids_limit: opts.pids_limit,
             cgroup_namespace: self.inner.cgroup_namespace,
+            nofile: self.inner.nofile,
         };
         let config = spec::spec_to_json(&spec::build_spec(&input)?);
         let config_path = dir.join("config.json");
@@ -584,18 +592,16 @@ impl MachineRuntime {
     /// mount, directory (logs included) and cgroup. Idempotent.
     pub fn destroy(&self, id: &MachineId) -> Result<(), RuntimeError> {
         let dir = self.machine_dir(id);
-        if let Some(pid) = self.live_shim(id) {
-            if let Ok(Some(fd)) = pidfd::open(pid) {
-                let _ = self.inner.runc.kill(id.as_str(), 9);
-                let exited = pidfd::wait_blocking(&fd, KILL_TIMEOUT).unwrap_or(false);
-                if !exited {
-                    // The shim is stuck (runc delete hanging?): take it down too.
-                    let _ = rustix::process::pidfd_send_signal(
-                        fd.as_fd(),
-                        rustix::process::Signal::KILL,
-                    );
-                    let _ = pidfd::wait_blocking(&fd, KILL_TIMEOUT);
-                }
+        if let Some(pid) = self.live_shim(id)
+            && let Ok(Some(fd)) = pidfd::open(pid)
+        {
+            let _ = self.inner.runc.kill(id.as_str(), 9);
+            let exited = pidfd::wait_blocking(&fd, KILL_TIMEOUT).unwrap_or(false);
+            if !exited {
+                // The shim is stuck (runc delete hanging?): take it down too.
+                let _ =
+                    rustix::process::pidfd_send_signal(fd.as_fd(), rustix::process::Signal::KILL);
+                let _ = pidfd::wait_blocking(&fd, KILL_TIMEOUT);
             }
         }
         self.inner.runc.delete_force(id.as_str())?;
@@ -684,10 +690,7 @@ fn read_line_with_deadline(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!(
-                "no readiness line after {}s",
-                timeout.as_secs()
-            ));
+            return Err(format!("no readiness line after {}s", timeout.as_secs()));
         }
         let ts = Timespec {
             tv_sec: left.as_secs() as i64,

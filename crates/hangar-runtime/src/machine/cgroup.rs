@@ -109,7 +109,11 @@ fn remove_cgroup_tree(dir: &Path) -> io::Result<()> {
 pub fn parse_flat_keyed(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let (k, v) = line.split_once(' ')?;
-        if k == key { v.trim().parse().ok() } else { None }
+        if k == key {
+            v.trim().parse().ok()
+        } else {
+            None
+        }
     })
 }
 

@@ -24,9 +24,8 @@ pub const CURRENT: &str = "current.log";
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
 
 /// RFC 3339, UTC, nanoseconds.
-const TIMESTAMP: &[FormatItem<'static>] = format_description!(
-    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
-);
+const TIMESTAMP: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
 
 /// One line a machine's process wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,7 +162,7 @@ fn log_files_oldest_first(dir: &Path) -> io::Result<Vec<PathBuf>> {
         };
         numbered.push((n, entry.path()));
     }
-    numbered.sort_by(|a, b| b.0.cmp(&a.0));
+    numbered.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
     let mut files: Vec<PathBuf> = numbered.into_iter().map(|(_, p)| p).collect();
     let current = dir.join(CURRENT);
     if current.exists() {

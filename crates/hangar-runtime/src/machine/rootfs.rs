@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
-    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, mount, unmount,
+    fsconfig_create, fsconfig_set_string, fsmount, fsopen, mount, move_mount, unmount,
 };
 
 /// The legacy `mount(2)` data string is limited to one page; longer option strings go
@@ -262,8 +262,12 @@ fn mount_overlay(
     fsconfig_set_string(&fs_fd, "upperdir", upper).map_err(|e| err(e.into()))?;
     fsconfig_set_string(&fs_fd, "workdir", work).map_err(|e| err(e.into()))?;
     fsconfig_create(&fs_fd).map_err(|e| err(e.into()))?;
-    let mnt = fsmount(&fs_fd, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
-        .map_err(|e| err(e.into()))?;
+    let mnt = fsmount(
+        &fs_fd,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::empty(),
+    )
+    .map_err(|e| err(e.into()))?;
     move_mount(
         &mnt,
         "",
@@ -390,7 +394,10 @@ mod tests {
             etc.hosts,
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n172.19.0.5\t0123456789abcd\n172.19.0.1\tgateway\n"
         );
-        assert!(etc.resolv_conf.contains("nameserver 172.19.0.1\nsearch web.internal\n"));
+        assert!(
+            etc.resolv_conf
+                .contains("nameserver 172.19.0.1\nsearch web.internal\n")
+        );
         assert_eq!(etc.hostname, "0123456789abcd\n");
         let bare = EtcFiles::new("m", &[], &[], &[], &[]);
         assert!(bare.hosts.starts_with("127.0.0.1\tlocalhost m\n"));

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustix::process::{Pid, WaitOptions, getpid, set_child_subreaper, setsid, waitpid};
+use rustix::process::{Pid, WaitOptions, getpid, set_child_subreaper, setsid, wait};
 use serde::{Deserialize, Serialize};
 
 use super::ExitRecord;
@@ -108,7 +108,11 @@ pub fn run_shim(dir: &Path) -> ExitCode {
     std::panic::set_hook(Box::new(move |info| {
         ShimLog::open(&panic_log).log(&format!("shim panicked: {info}"));
     }));
-    log.log(&format!("shim {} starting in {}", getpid().as_raw_nonzero(), dir.display()));
+    log.log(&format!(
+        "shim {} starting in {}",
+        getpid().as_raw_nonzero(),
+        dir.display()
+    ));
     if let Err(e) = session {
         log.log(&format!("setsid failed (continuing): {e}"));
     }
@@ -231,11 +235,9 @@ fn run(dir: &Path, log: &Arc<ShimLog>) -> Result<ExitRecord, String> {
     let oom_after = cgroups.oom_kill_count(&cfg.cgroup).unwrap_or(oom_before);
     // Every process of the container dies with its init (pid namespace), which closes
     // the pipes; the bound only guards against a leaked writer.
-    for _ in 0..2 {
-        if done_rx.recv_timeout(DRAIN_TIMEOUT).is_err() {
-            log.log("log pipes did not drain in time");
-            break;
-        }
+    // Each pump drops its sender at EOF; the channel disconnects once both are done.
+    if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(DRAIN_TIMEOUT) {
+        log.log("log pipes did not drain in time");
     }
     let record = ExitRecord {
         exit_code,
@@ -255,7 +257,9 @@ fn run(dir: &Path, log: &Arc<ShimLog>) -> Result<ExitRecord, String> {
 /// Reaps children until the init exits; returns its exit code (128+signal when killed).
 fn wait_init(init_pid: i32, log: &ShimLog) -> (i32, Option<i32>) {
     loop {
-        match waitpid(None, WaitOptions::empty()) {
+        // `wait` is waitpid(-1): any child. (`waitpid(None)` would be waitpid(0), only our
+        // process group, and the container's init has a session of its own.)
+        match wait(WaitOptions::empty()) {
             Ok(Some((pid, status))) if pid.as_raw_nonzero().get() == init_pid => {
                 if let Some(sig) = status.terminating_signal() {
                     return (128 + sig, Some(sig));
@@ -269,7 +273,10 @@ fn wait_init(init_pid: i32, log: &ShimLog) -> (i32, Option<i32>) {
                 log.log(&format!("waitpid failed ({e}); waiting on a pidfd instead"));
                 if let Ok(Some(fd)) = super::pidfd::open(init_pid) {
                     // The machine may run for as long as it likes; this loop ends with it.
-                    while let Ok(false) = super::pidfd::wait_blocking(&fd, Duration::from_secs(3600)) {}
+                    while let Ok(false) =
+                        super::pidfd::wait_blocking(&fd, Duration::from_secs(3600))
+                    {
+                    }
                 }
                 return (255, None);
             }
@@ -286,7 +293,11 @@ fn runc_error(runc_log: &Path) -> Option<String> {
         .filter(|v| matches!(v["level"].as_str(), Some("error" | "fatal")))
         .filter_map(|v| v["msg"].as_str().map(str::to_owned))
         .collect();
-    if msgs.is_empty() { None } else { Some(msgs.join("; ")) }
+    if msgs.is_empty() {
+        None
+    } else {
+        Some(msgs.join("; "))
+    }
 }
 
 /// Copies one pipe into the log, line by line; flushes a partial last line at EOF.

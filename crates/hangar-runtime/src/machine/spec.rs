@@ -11,11 +11,11 @@ use hangar_core::machine::Init;
 use hangar_core::{MachineConfig, MachineId};
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder, get_default_maskedpaths, get_default_readonly_paths,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    get_default_maskedpaths, get_default_readonly_paths,
 };
 
 use crate::ImageConfig;
@@ -26,7 +26,8 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// The CFS period used for CPU quotas, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
-/// The open-files limit of a machine's processes.
+/// The open-files limit of a machine's processes (lowered by [`host_nofile_limit`]
+/// where the host cannot grant it).
 pub const NOFILE_LIMIT: u64 = 1_048_576;
 
 /// Why a machine's `config.json` could not be built.
@@ -129,7 +130,7 @@ pub struct ResolvedUser {
     pub uid: u32,
     /// Numeric primary group id.
     pub gid: u32,
-    /// Supplementary groups from `/etc/group`.
+    /// Supplementary groups: the primary group, then those of `/etc/group` listing the user.
     pub additional_gids: Vec<u32>,
     /// The home directory from `/etc/passwd`, `/` when unknown (`/root` for root).
     pub home: String,
@@ -232,16 +233,20 @@ pub fn resolve_user(user: &str, passwd: &str, group: &str) -> Result<ResolvedUse
         // Docker's rule: a uid without a passwd entry runs with gid 0.
         None => entry.map_or(0, |e| e.gid),
     };
-    let mut additional_gids: Vec<u32> = match entry {
+    // Like Docker, the primary group is also a supplementary group, followed by every
+    // group that lists the user as a member.
+    let mut members: Vec<u32> = match entry {
         Some(e) => groups
             .iter()
-            .filter(|g| g.members.iter().any(|m| *m == e.name) && g.gid != gid)
+            .filter(|g| g.members.contains(&e.name) && g.gid != gid)
             .map(|g| g.gid)
             .collect(),
         None => Vec::new(),
     };
-    additional_gids.sort_unstable();
-    additional_gids.dedup();
+    members.sort_unstable();
+    members.dedup();
+    let mut additional_gids = vec![gid];
+    additional_gids.extend(members);
     let home = match entry {
         Some(e) if !e.home.is_empty() => e.home.clone(),
         _ if uid == 0 => "/root".to_owned(),
@@ -253,6 +258,38 @@ pub fn resolve_user(user: &str, passwd: &str, group: &str) -> Result<ResolvedUse
         additional_gids,
         home,
     })
+}
+
+/// The open-files limit runc can set here: [`NOFILE_LIMIT`], capped by the kernel's
+/// `fs.nr_open` and, without `CAP_SYS_RESOURCE` (some sandboxes drop it even for root),
+/// by our own hard limit, because raising a hard limit needs that capability.
+pub fn host_nofile_limit() -> u64 {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(NOFILE_LIMIT);
+    let mut limit = NOFILE_LIMIT.min(nr_open);
+    if !has_effective_capability(CAP_SYS_RESOURCE) {
+        let own = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        if let Some(hard) = own.maximum {
+            limit = limit.min(hard);
+        }
+    }
+    limit
+}
+
+/// `CAP_SYS_RESOURCE`'s bit number.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+fn has_effective_capability(bit: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1u64 << bit) != 0)
 }
 
 /// Everything `build_spec` needs besides the machine config.
@@ -278,6 +315,8 @@ pub struct SpecInput<'a> {
     pub pids_limit: i64,
     /// Whether the kernel has cgroup namespaces.
     pub cgroup_namespace: bool,
+    /// The open-files limit (soft and hard): [`NOFILE_LIMIT`] where the host allows it.
+    pub nofile: u64,
 }
 
 /// The capabilities Docker grants by default.
@@ -341,7 +380,12 @@ fn default_mounts() -> Result<Vec<Mount>, SpecError> {
             "mqueue",
             &["nosuid", "noexec", "nodev"],
         )?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
         mount(
             "/sys/fs/cgroup",
             "cgroup",
@@ -402,8 +446,8 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .rlimits(vec![
             PosixRlimitBuilder::default()
                 .typ(PosixRlimitType::RlimitNofile)
-                .hard(NOFILE_LIMIT)
-                .soft(NOFILE_LIMIT)
+                .hard(input.nofile)
+                .soft(input.nofile)
                 .build()?,
         ])
         .build()?;
@@ -436,7 +480,11 @@ pub fn build_spec(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
                 .period(CPU_PERIOD_US)
                 .build()?,
         )
-        .pids(LinuxPidsBuilder::default().limit(input.pids_limit).build()?)
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(input.pids_limit)
+                .build()?,
+        )
         .build()?;
 
     let mut namespaces = vec![
@@ -635,10 +683,10 @@ mod tests {
         let check = |user: &str| resolve_user(user, PASSWD, GROUP);
         let u = check("").unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (0, 0, "/root"));
-        assert_eq!(u.additional_gids, vec![4]);
+        assert_eq!(u.additional_gids, vec![0, 4]);
         let u = check("www").unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (33, 34, "/var/www"));
-        assert_eq!(u.additional_gids, vec![4, 50]);
+        assert_eq!(u.additional_gids, vec![34, 4, 50]);
         let u = check("www:staff").unwrap();
         assert_eq!((u.uid, u.gid), (33, 50));
         let u = check("1234").unwrap();
@@ -675,6 +723,7 @@ mod tests {
             cgroup_parent: "hangar",
             pids_limit: 4096,
             cgroup_namespace: true,
+            nofile: NOFILE_LIMIT,
         };
         spec_to_json(&build_spec(&input).unwrap())
     }

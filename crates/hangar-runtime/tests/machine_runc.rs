@@ -1,0 +1,613 @@
+//! Root integration tests of the machine runtime: real runc, real overlay mounts, real
+//! cgroups, the real shim (through the `hangar-runtime-test-shim` binary).
+//!
+//! Each test builds a busybox image by hand (no image store), runs in its own temp data
+//! dir with unique machine ids, and cleans up through `Harness`'s `Drop` even when an
+//! assertion fails. Without root every test prints why it skips and returns.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hangar_core::machine::Init;
+use hangar_core::{Guest, MachineConfig, MachineId};
+use hangar_runtime::machine::{
+    ExitRecord, HostState, LogLine, MachineRuntime, NetworkSpec, RuntimeError, RuntimeOptions,
+    StartSpec,
+};
+use hangar_runtime::{ImageConfig, ResolvedImage};
+
+const CGROUP_PARENT: &str = "hangar-rt-test";
+const BUSYBOX: &str = "/bin/busybox";
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipping: this test needs root (runc, overlay mounts, cgroups)");
+            return;
+        }
+        assert!(
+            Path::new(BUSYBOX).is_file(),
+            "{BUSYBOX} is missing: apt-get install -y busybox-static"
+        );
+    };
+}
+
+/// A temp data dir, a busybox layer, a runtime, and every machine and netns it made,
+/// destroyed on drop.
+struct Harness {
+    tmp: tempfile::TempDir,
+    rt: MachineRuntime,
+    layer: PathBuf,
+    machines: Vec<MachineId>,
+    netns: Vec<String>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with_logs(10 * 1024 * 1024, 5)
+    }
+
+    fn with_logs(log_max_bytes: u64, log_files: usize) -> Harness {
+        let tmp = tempfile::Builder::new()
+            .prefix("hangar-rt-test-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let layer = tmp.path().join("layer");
+        make_busybox_layer(&layer);
+        let mut opts = RuntimeOptions::new(
+            &tmp.path().join("data"),
+            PathBuf::from(env!("CARGO_BIN_EXE_hangar-runtime-test-shim")),
+        );
+        opts.cgroup_parent = CGROUP_PARENT.to_owned();
+        opts.log_max_bytes = log_max_bytes;
+        opts.log_files = log_files;
+        let rt = MachineRuntime::new(opts).unwrap();
+        Harness {
+            tmp,
+            rt,
+            layer,
+            machines: Vec::new(),
+            netns: Vec::new(),
+        }
+    }
+
+    /// A second runtime on the same directories, as a restarted server would have.
+    fn reopen(&self) -> MachineRuntime {
+        MachineRuntime::new(self.rt.options().clone()).unwrap()
+    }
+
+    fn image(&self, config: ImageConfig) -> ResolvedImage {
+        ResolvedImage {
+            reference: "busybox-test".into(),
+            name: Some("busybox-test:latest".into()),
+            manifest_digest: "sha256:00".into(),
+            config_digest: "sha256:01".into(),
+            config,
+            layers: vec![self.layer.clone()],
+        }
+    }
+
+    fn spec(&mut self, exec: &[&str]) -> StartSpec {
+        let id = MachineId::generate();
+        self.machines.push(id.clone());
+        StartSpec {
+            id,
+            instance_id: "01TESTINSTANCE0000000000AA".into(),
+            app: "test".into(),
+            config: MachineConfig {
+                init: Some(Init {
+                    exec: Some(exec.iter().map(|s| (*s).to_owned()).collect()),
+                    ..Init::default()
+                }),
+                ..MachineConfig::default()
+            },
+            image: self.image(ImageConfig::default()),
+            env: BTreeMap::new(),
+            network: None,
+        }
+    }
+
+    fn add_netns(&mut self) -> PathBuf {
+        let name = format!("hangar-rt-test-{}", MachineId::generate());
+        run("ip", &["netns", "add", &name]);
+        self.netns.push(name.clone());
+        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        PathBuf::from("/run/netns").join(name)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for id in &self.machines {
+            if let Err(e) = self.rt.destroy(id) {
+                eprintln!("cleanup: destroy {id}: {e}");
+            }
+        }
+        for ns in &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        // Never let the temp dir removal walk into a mount that survived.
+        for id in &self.machines {
+            let rootfs = self.rt.machine_dir(id).join("rootfs");
+            let _ = Command::new("umount").arg("-l").arg(&rootfs).status();
+        }
+        let _ = self.tmp.path();
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let status = Command::new(cmd).args(args).status().unwrap();
+    assert!(status.success(), "{cmd} {args:?} failed: {status}");
+}
+
+/// A rootfs layer with busybox and its applets, a passwd/group with an `app` user, and
+/// a few directories.
+fn make_busybox_layer(layer: &Path) {
+    for d in [
+        "bin", "etc", "tmp", "work", "home/app", "proc", "sys", "dev",
+    ] {
+        fs::create_dir_all(layer.join(d)).unwrap();
+    }
+    fs::copy(BUSYBOX, layer.join("bin/busybox")).unwrap();
+    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet.is_empty() || applet == "busybox" || applet.contains('/') {
+            continue;
+        }
+        let _ = std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet));
+    }
+    fs::write(
+        layer.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(
+        layer.join("etc/group"),
+        "root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
+    )
+    .unwrap();
+    fs::write(
+        layer.join("etc/hosts"),
+        "# image hosts file, replaced at start\n",
+    )
+    .unwrap();
+}
+
+async fn wait_exit(rt: &MachineRuntime, id: &MachineId) -> ExitRecord {
+    tokio::time::timeout(Duration::from_secs(30), rt.wait_exit(id))
+        .await
+        .expect("machine did not exit within 30s")
+        .unwrap()
+}
+
+fn messages(lines: &[LogLine]) -> Vec<String> {
+    lines.iter().map(|l| l.message.clone()).collect()
+}
+
+/// Polls the logs until a line equals `want`, with a deadline.
+fn wait_for_log(rt: &MachineRuntime, id: &MachineId, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = rt.read_logs(id, None).unwrap();
+        if lines.iter().any(|l| l.message == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log line {want:?} did not appear; logs: {:?}",
+            messages(&lines)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn exit_codes_are_recorded_and_the_container_is_gone() {
+    require_root!();
+    let mut h = Harness::new();
+    let mut spec = h.spec(&["sh", "-c", "echo hello; exit 0"]);
+    let running = h.rt.start(&spec).unwrap();
+    assert!(running.init_pid > 0 && running.shim_pid > 0);
+    let record = wait_exit(&h.rt, &spec.id).await;
+    assert_eq!(
+        (record.exit_code, record.signal, record.oom_killed),
+        (0, None, false)
+    );
+    assert_eq!(
+        messages(&h.rt.read_logs(&spec.id, None).unwrap()),
+        vec!["hello"]
+    );
+    assert_eq!(h.rt.inspect(&spec.id).unwrap(), HostState::Exited(record));
+
+    // The same machine started again records the new exit.
+    spec.config.init.as_mut().unwrap().exec = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "echo again >&2; exit 3".into(),
+    ]);
+    h.rt.start(&spec).unwrap();
+    let record = wait_exit(&h.rt, &spec.id).await;
+    assert_eq!((record.exit_code, record.signal), (3, None));
+    let lines = h.rt.read_logs(&spec.id, None).unwrap();
+    assert_eq!(messages(&lines), vec!["hello", "again"]);
+    assert_eq!(lines[1].stream, "stderr");
+    assert_eq!(lines[1].machine_id, spec.id.as_str());
+    // The shim deleted the runc container after recording the exit.
+    let runc_state = h.rt.options().runc_root.join(spec.id.as_str());
+    assert!(
+        !runc_state.exists(),
+        "runc state left at {}",
+        runc_state.display()
+    );
+}
+
+#[tokio::test]
+async fn environment_user_cwd_hostname_and_etc_files_are_visible() {
+    require_root!();
+    let mut h = Harness::new();
+    let netns = h.add_netns();
+    let ns_name = netns.file_name().unwrap().to_str().unwrap().to_owned();
+    run(
+        "ip",
+        &[
+            "-n", &ns_name, "link", "add", "hrtv0", "type", "veth", "peer", "name", "hrtv1",
+        ],
+    );
+    let mut spec = h.spec(&[]);
+    spec.config.init = Some(Init {
+        cmd: Some(vec![
+            "-c".into(),
+            "env; id; pwd; hostname; cat /etc/hosts /etc/resolv.conf /etc/hostname; cat /proc/net/dev"
+                .into(),
+        ]),
+        ..Init::default()
+    });
+    spec.image = h.image(ImageConfig {
+        entrypoint: vec!["/bin/sh".into()],
+        cmd: vec!["-c".into(), "echo image cmd must not run".into()],
+        env: vec!["FROM_IMAGE=1".into(), "OVERRIDDEN=image".into()],
+        working_dir: "/work".into(),
+        user: "app".into(),
+        ..ImageConfig::default()
+    });
+    spec.config.env = [("OVERRIDDEN", "config"), ("FROM_CONFIG", "2")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    spec.env = [
+        ("FLY_MACHINE_ID", spec.id.as_str()),
+        ("FROM_CONFIG", "platform"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    spec.network = Some(NetworkSpec {
+        netns_path: netns,
+        ipv4: Some("10.213.0.5".parse().unwrap()),
+        ipv6: None,
+        hosts: vec![("10.213.0.1".parse().unwrap(), "gateway.test".into())],
+        nameservers: vec!["10.213.0.1".parse().unwrap()],
+        search: vec!["test.internal".into()],
+    });
+    h.rt.start(&spec).unwrap();
+    let record = wait_exit(&h.rt, &spec.id).await;
+    let out = messages(&h.rt.read_logs(&spec.id, None).unwrap());
+    assert_eq!(record.exit_code, 0, "{out:?}");
+    let has = |want: &str| {
+        assert!(
+            out.iter().any(|l| l == want),
+            "missing {want:?} in {out:#?}"
+        )
+    };
+    let id = spec.id.as_str();
+    has("FROM_IMAGE=1");
+    has("OVERRIDDEN=config");
+    has("FROM_CONFIG=platform");
+    has(&format!("FLY_MACHINE_ID={id}"));
+    has(&format!("HOSTNAME={id}"));
+    has("HOME=/home/app");
+    has("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    has("uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)");
+    has("/work");
+    has(id);
+    has(&format!("10.213.0.5\t{id}"));
+    has("10.213.0.1\tgateway.test");
+    has("nameserver 10.213.0.1");
+    has("search test.internal");
+    assert!(
+        !out.iter().any(|l| l.contains("image cmd must not run")),
+        "the image cmd ran: {out:?}"
+    );
+    assert!(
+        !out.iter().any(|l| l.contains("image hosts file")),
+        "the image's /etc/hosts was not replaced: {out:?}"
+    );
+    // The machine joined the given network namespace: it sees the link made there.
+    assert!(
+        out.iter().any(|l| l.trim_start().starts_with("hrtv0:")),
+        "{out:#?}"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_network_namespace_has_loopback_and_names_the_machine() {
+    require_root!();
+    let mut h = Harness::new();
+    let spec = h.spec(&["sh", "-c", "cat /etc/hosts; ip -o link show lo"]);
+    h.rt.start(&spec).unwrap();
+    let record = wait_exit(&h.rt, &spec.id).await;
+    let out = messages(&h.rt.read_logs(&spec.id, None).unwrap());
+    assert_eq!(record.exit_code, 0, "{out:?}");
+    assert!(
+        out.contains(&format!("127.0.0.1\tlocalhost {}", spec.id)),
+        "{out:#?}"
+    );
+    assert!(
+        out.iter().any(|l| l.contains("lo: <LOOPBACK,UP")),
+        "{out:#?}"
+    );
+}
+
+#[tokio::test]
+async fn the_rootfs_is_fresh_on_every_start() {
+    require_root!();
+    let mut h = Harness::new();
+    let spec = h.spec(&[
+        "sh",
+        "-c",
+        "if [ -e /marker ]; then echo stale; exit 1; fi; touch /marker; echo fresh",
+    ]);
+    for _ in 0..2 {
+        h.rt.start(&spec).unwrap();
+        let record = wait_exit(&h.rt, &spec.id).await;
+        assert_eq!(record.exit_code, 0);
+    }
+    assert_eq!(
+        messages(&h.rt.read_logs(&spec.id, None).unwrap()),
+        vec!["fresh", "fresh"]
+    );
+}
+
+#[tokio::test]
+async fn graceful_stop_records_exit_0() {
+    require_root!();
+    let mut h = Harness::new();
+    let spec = h.spec(&[
+        "sh",
+        "-c",
+        "trap 'echo bye; exit 0' INT; echo ready; while true; do sleep 0.1; done",
+    ]);
+    h.rt.start(&spec).unwrap();
+    wait_for_log(&h.rt, &spec.id, "ready");
+    let t = Instant::now();
+    let record =
+        h.rt.stop(&spec.id, 2, Duration::from_secs(10))
+            .await
+            .unwrap();
+    assert_eq!((record.exit_code, record.signal), (0, None));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    wait_for_log(&h.rt, &spec.id, "bye");
+    assert_eq!(h.rt.inspect(&spec.id).unwrap(), HostState::Exited(record));
+}
+
+#[tokio::test]
+async fn a_process_ignoring_sigint_is_killed_after_the_timeout() {
+    require_root!();
+    let mut h = Harness::new();
+    let spec = h.spec(&["sh", "-c", "trap '' INT; echo ready; sleep 100"]);
+    h.rt.start(&spec).unwrap();
+    wait_for_log(&h.rt, &spec.id, "ready");
+    let t = Instant::now();
+    let record =
+        h.rt.stop(&spec.id, 2, Duration::from_secs(1))
+            .await
+            .unwrap();
+    let took = t.elapsed();
+    assert_eq!((record.exit_code, record.signal), (137, Some(9)));
+    assert!(!record.oom_killed);
+    assert!(
+        took >= Duration::from_secs(1),
+        "SIGKILL came before the timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "stop took {took:?}");
+}
+
+#[tokio::test]
+async fn an_oom_kill_is_recorded() {
+    require_root!();
+    let mut h = Harness::new();
+    let mut spec = h.spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"]);
+    spec.config.guest = Some(Guest {
+        memory_mb: 64,
+        ..Guest::default()
+    });
+    h.rt.start(&spec).unwrap();
+    let record = wait_exit(&h.rt, &spec.id).await;
+    assert!(record.oom_killed, "not recorded as OOM: {record:?}");
+    assert_eq!((record.exit_code, record.signal), (137, Some(9)));
+}
+
+#[tokio::test]
+async fn a_missing_executable_fails_the_start_with_runc_s_message() {
+    require_root!();
+    let mut h = Harness::new();
+    let spec = h.spec(&["/app"]);
+    let err = h.rt.start(&spec).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, RuntimeError::StartFailed { .. }) && msg.contains("exec: \"/app\""),
+        "{msg}"
+    );
+    let rootfs = h.rt.machine_dir(&spec.id).join("rootfs");
+    assert!(!mountinfo().contains(rootfs.to_str().unwrap()));
+    assert!(!h.rt.options().runc_root.join(spec.id.as_str()).exists());
+    assert_eq!(h.rt.inspect(&spec.id).unwrap(), HostState::Absent);
+
+    let mut spec = h.spec(&[]);
+    spec.config.init = None;
+    let err = h.rt.start(&spec).unwrap_err();
+    assert!(err.to_string().contains("no command to run"), "{err}");
+}
+
+#[tokio::test]
+async fn logs_rotate_and_keep_the_newest_lines() {
+    require_root!();
+    let mut h = Harness::with_logs(8 * 1024, 3);
+    let spec = h.spec(&[
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 1000 ]; do echo line $i; i=$((i+1)); done",
+    ]);
+    h.rt.start(&spec).unwrap();
+    assert_eq!(wait_exit(&h.rt, &spec.id).await.exit_code, 0);
+    let logs_dir = h.rt.machine_dir(&spec.id).join("logs");
+    let mut files: Vec<String> = fs::read_dir(&logs_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, vec!["current.log", "current.log.1", "current.log.2"]);
+    for f in &files {
+        assert!(fs::metadata(logs_dir.join(f)).unwrap().len() <= 8 * 1024);
+    }
+    let lines = messages(&h.rt.read_logs(&spec.id, None).unwrap());
+    let first: usize = lines[0].strip_prefix("line ").unwrap().parse().unwrap();
+    assert!(first > 0);
+    let want: Vec<String> = (first..1000).map(|n| format!("line {n}")).collect();
+    assert_eq!(
+        lines, want,
+        "kept lines are not the newest, contiguous ones"
+    );
+    let tail = messages(&h.rt.read_logs(&spec.id, Some(3)).unwrap());
+    assert_eq!(tail, vec!["line 997", "line 998", "line 999"]);
+}
+
+#[tokio::test]
+async fn a_new_runtime_adopts_a_running_machine_and_follows_its_logs() {
+    require_root!();
+    let mut h = Harness::new();
+    let spec = h.spec(&[
+        "sh",
+        "-c",
+        "trap 'exit 0' INT; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done",
+    ]);
+    let running = h.rt.start(&spec).unwrap();
+    wait_for_log(&h.rt, &spec.id, "tick 2");
+
+    // What a restarted server sees: the same directories, a runtime that never spawned
+    // the shim.
+    let adopted = h.reopen();
+    assert_eq!(
+        adopted.inspect(&spec.id).unwrap(),
+        HostState::Running {
+            shim_pid: running.shim_pid,
+            init_pid: running.init_pid
+        }
+    );
+    assert!(adopted.list_host_machines().unwrap().contains(&spec.id));
+    let mut follow = Box::pin(adopted.follow_logs(&spec.id, Some(1)));
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        let line = tokio::time::timeout(Duration::from_secs(10), follow.next())
+            .await
+            .expect("follow stalled")
+            .unwrap()
+            .unwrap();
+        seen.push(line.message);
+    }
+    // Consecutive ticks: no gap and no repeat between history and new lines.
+    let nums: Vec<usize> = seen
+        .iter()
+        .map(|m| m.strip_prefix("tick ").unwrap().parse().unwrap())
+        .collect();
+    for w in nums.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "gap or repeat in {nums:?}");
+    }
+    let record = adopted
+        .stop(&spec.id, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!((record.exit_code, record.signal), (0, None));
+}
+
+fn mountinfo() -> String {
+    fs::read_to_string("/proc/self/mountinfo").unwrap()
+}
+
+fn cgroup_dirs(id: &MachineId) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let dir = entry.path().join(CGROUP_PARENT).join(id.as_str());
+        if dir.exists() {
+            found.push(dir);
+        }
+    }
+    let v2 = Path::new("/sys/fs/cgroup")
+        .join(CGROUP_PARENT)
+        .join(id.as_str());
+    if v2.exists() {
+        found.push(v2);
+    }
+    found
+}
+
+#[tokio::test]
+async fn destroy_leaves_nothing_on_the_host() {
+    require_root!();
+    let mut h = Harness::new();
+    let spec = h.spec(&["sleep", "1000"]);
+    let running = h.rt.start(&spec).unwrap();
+    let dir = h.rt.machine_dir(&spec.id);
+    // Everything exists while it runs.
+    assert!(mountinfo().contains(dir.join("rootfs").to_str().unwrap()));
+    assert!(!cgroup_dirs(&spec.id).is_empty(), "no cgroup while running");
+    let listed = Command::new("/usr/sbin/runc")
+        .arg("--root")
+        .arg(&h.rt.options().runc_root)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(spec.id.as_str()));
+
+    h.rt.destroy(&spec.id).unwrap();
+
+    assert!(!dir.exists(), "machine dir left behind");
+    assert!(
+        !mountinfo().contains(dir.to_str().unwrap()),
+        "a mount of the machine is left"
+    );
+    assert!(!h.rt.options().runc_root.join(spec.id.as_str()).exists());
+    let listed = Command::new("/usr/sbin/runc")
+        .arg("--root")
+        .arg(&h.rt.options().runc_root)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains(spec.id.as_str()),
+        "runc still lists the machine"
+    );
+    assert_eq!(cgroup_dirs(&spec.id), Vec::<PathBuf>::new());
+    for pid in [running.shim_pid, running.init_pid] {
+        assert!(
+            fs::read(format!("/proc/{pid}/cmdline")).map_or(true, |c| c.is_empty()),
+            "process {pid} survived destroy"
+        );
+    }
+    assert!(!h.rt.list_host_machines().unwrap().contains(&spec.id));
+    assert_eq!(h.rt.inspect(&spec.id).unwrap(), HostState::Absent);
+    // Idempotent.
+    h.rt.destroy(&spec.id).unwrap();
+}
