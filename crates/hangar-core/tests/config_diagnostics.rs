@@ -89,6 +89,20 @@ fn unknown_sections_and_nested_keys_are_found_too() {
     );
     assert_eq!(d.key_path, "services[0].ports[0].handler");
     check(
+        "[[vm]]\nsize = \"shared-cpu-1x\"\nkill_signal = \"SIGTERM\"\n",
+        Severity::Warning,
+        DiagnosticKind::UnknownKey,
+        (3, 1),
+        "\"kill_signal\" is a top-level key: move it above the first [section] header",
+    );
+    check(
+        "auto_stop_machines = true\n",
+        Severity::Warning,
+        DiagnosticKind::UnknownKey,
+        (1, 1),
+        "belongs in [http_service] or [[services]]",
+    );
+    check(
         "nothing_like_it = 1\n",
         Severity::Warning,
         DiagnosticKind::UnknownKey,
@@ -406,6 +420,38 @@ cmd = "start"
     assert_eq!(
         cfg.http_service.unwrap().auto_stop_machines,
         Some(AutoStop::Off)
+    );
+}
+
+#[test]
+fn quoted_numbers_in_durations_are_read_with_a_warning() {
+    let d = check(
+        "kill_timeout = \"30\"\n",
+        Severity::Warning,
+        DiagnosticKind::InvalidValue,
+        (1, 16),
+        "a duration without a unit; Hangar reads seconds: write \"30s\"",
+    );
+    assert_eq!(d.key_path, "kill_timeout");
+    let (cfg, _) = parse("[checks.a]\ntype = \"TCP\"\nport = 1\ninterval = \"15000\"\n");
+    let c = &cfg.unwrap().checks["a"];
+    assert_eq!(c.check.interval, Some(GoDuration::from_secs(15)));
+    assert_eq!(
+        c.kind.as_deref(),
+        Some("tcp"),
+        "check types are lower-cased"
+    );
+}
+
+#[test]
+fn enumerated_values_ignore_case() {
+    let cfg = clean(
+        "[deploy]\nstrategy = \"Rolling\"\n[http_service]\ninternal_port = 80\nauto_stop_machines = \"Suspend\"\n",
+    );
+    assert_eq!(cfg.deploy.unwrap().strategy.as_deref(), Some("rolling"));
+    assert_eq!(
+        cfg.http_service.unwrap().auto_stop_machines,
+        Some(AutoStop::Suspend)
     );
 }
 

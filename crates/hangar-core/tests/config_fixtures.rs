@@ -34,7 +34,7 @@ const EXPECTED_REJECTIONS: &[(&str, &str, u32, u32, &str)] = &[
         "rolling-eyes",
         40,
         14,
-        "flyctl's reference fixture uses strategy = \"rolling-eyes\", which is not a deploy strategy",
+        "flyctl's reference fixture uses strategy = \"rolling-eyes\", which is not a deploy strategy, and scopes [[vm]] and [[services]] to a group \"app\" that its [processes] does not define",
     ),
 ];
 

@@ -107,7 +107,9 @@ pub(crate) fn parse(
                 let mut message = format!("invalid TOML: {}", first_line(e.message()));
                 if e.message().starts_with("duplicate key") {
                     // Name the key: toml_edit's message does not.
-                    let key: String = src[offset.min(src.len())..]
+                    let key: String = src
+                        .get(offset..)
+                        .unwrap_or_default()
                         .chars()
                         .take_while(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '"' | '\''))
                         .collect();

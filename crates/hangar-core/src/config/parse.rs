@@ -87,6 +87,16 @@ const TOP_KEYS: &[&str] = &[
     "experimental",
 ];
 
+/// Keys of a service that people sometimes write at the top level.
+const SERVICE_KEYS: &[&str] = &[
+    "internal_port",
+    "force_https",
+    "auto_stop_machines",
+    "auto_start_machines",
+    "min_machines_running",
+    "concurrency",
+];
+
 impl<'a> Walker<'a> {
     pub(crate) fn new(src: &'a str, file: &'a str, lines: &'a LineIndex) -> Self {
         Walker {
@@ -162,6 +172,18 @@ impl<'a> Walker<'a> {
         let mut message = format!("unknown key {:?} in {}", entry.key, section_name(section));
         if let Some(s) = &suggestion {
             message.push_str(&format!("; did you mean {s:?}?"));
+        } else if !section.is_empty() && TOP_KEYS.contains(&entry.key.as_str()) {
+            // In TOML every key after a [section] header belongs to that section,
+            // a common slip when appending top-level keys at the end of the file.
+            message.push_str(&format!(
+                "; {:?} is a top-level key: move it above the first [section] header",
+                entry.key
+            ));
+        } else if section.is_empty() && SERVICE_KEYS.contains(&entry.key.as_str()) {
+            message.push_str(&format!(
+                "; {:?} belongs in [http_service] or [[services]]",
+                entry.key
+            ));
         } else {
             message.push_str("; it is ignored");
         }
@@ -384,10 +406,29 @@ impl<'a> Walker<'a> {
         match &node.value {
             NodeValue::Str(s) => match s.parse::<GoDuration>() {
                 Ok(d) => Some(d),
-                Err(e) => {
-                    self.error(node, path, format!("{path:?}: {e}"));
-                    None
-                }
+                Err(e) => match s.trim().parse::<u64>() {
+                    // A number in quotes: read it as the field's unit, but say so, since
+                    // flyctl refuses it ("missing unit in duration").
+                    Ok(n) => {
+                        let (d, unit_name) = match unit {
+                            NumberUnit::Millis => (Duration::from_millis(n), "milliseconds"),
+                            _ => (Duration::from_secs(n), "seconds"),
+                        };
+                        self.warn(
+                            node.offset,
+                            path,
+                            format!(
+                                "{path:?} is {s:?}, a duration without a unit; Hangar reads {unit_name}: write \"{}\"",
+                                GoDuration(d)
+                            ),
+                        );
+                        Some(GoDuration(d))
+                    }
+                    Err(_) => {
+                        self.error(node, path, format!("{path:?}: {e}"));
+                        None
+                    }
+                },
             },
             NodeValue::Int(n) => {
                 if *n < 0 {
@@ -472,8 +513,9 @@ impl<'a> Walker<'a> {
     /// Validates an enumerated string value; unknown values are errors.
     fn one_of(&mut self, node: &Node, path: &str, allowed: &[&str]) -> Option<String> {
         let s = self.string(node, path)?;
-        if allowed.contains(&s.as_str()) {
-            Some(s)
+        // Case is not significant (`HTTP`, `Rolling`); the canonical spelling is stored.
+        if let Some(canonical) = allowed.iter().find(|a| a.eq_ignore_ascii_case(&s)) {
+            Some((*canonical).to_owned())
         } else {
             let list = allowed
                 .iter()
@@ -1198,6 +1240,7 @@ impl<'a> Walker<'a> {
             match e.key.as_str() {
                 "type" => {
                     if let Some(t) = self.string(&e.node, &p) {
+                        let t = t.to_ascii_lowercase();
                         match t.as_str() {
                             "http" | "tcp" => {}
                             "script" => self.push(
