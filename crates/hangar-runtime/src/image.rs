@@ -541,6 +541,7 @@ impl ImageStore {
     /// Lists every stored image, one entry per tag (and one with `name: None` for an image
     /// without a tag), sorted by name.
     pub fn list(&self) -> Result<Vec<ImageSummary>, ImageError> {
+        let _gc = self.gc_shared();
         let idx = self.read_index()?;
         let mut by_digest: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for digest in &idx.images {
@@ -551,11 +552,19 @@ impl ImageStore {
         }
         let mut out = Vec::new();
         for (digest, names) in by_digest {
-            if names.is_empty() {
-                out.push(self.summary(digest, None)?);
-            }
+            let names: Vec<Option<String>> = if names.is_empty() {
+                vec![None]
+            } else {
+                names.into_iter().map(|n| Some(n.to_string())).collect()
+            };
             for name in names {
-                out.push(self.summary(digest, Some(name.to_string()))?);
+                // One damaged image must not hide all the others from the operator.
+                match self.summary(digest, name) {
+                    Ok(summary) => out.push(summary),
+                    Err(e) => {
+                        tracing::warn!(manifest = %digest, error = %e, "skipping unreadable image")
+                    }
+                }
             }
         }
         out.sort_by(|a, b| {
@@ -606,7 +615,14 @@ impl ImageStore {
         let mut keep_manifests: BTreeSet<String> = BTreeSet::new();
         self.update_index(|idx| {
             keep_manifests = idx.tags.values().cloned().collect();
-            keep_manifests.extend(in_use.iter().filter(|d| idx.images.contains(*d)).cloned());
+            // An image a machine uses is kept even if its tag was removed meanwhile: the
+            // machine still needs its layers. It stays listed (untagged) until unused.
+            keep_manifests.extend(
+                in_use
+                    .iter()
+                    .filter(|d| idx.images.contains(*d) || self.read_manifest(d).is_ok())
+                    .cloned(),
+            );
             idx.images = keep_manifests.clone();
             Ok(())
         })?;

@@ -780,3 +780,41 @@ fn an_image_index_resolves_to_the_host_platform() {
         "only the host's image is stored"
     );
 }
+
+#[test]
+fn gc_keeps_an_image_in_use_after_its_tag_was_removed() {
+    let env = Env::new();
+    let built = OciArchiveBuilder::new()
+        .file("f", b"in use", 0o644)
+        .write_oci_archive(&env.path("u.tar"), Some("used:1"))
+        .expect("write");
+    env.store
+        .import_path(&env.path("u.tar"), None)
+        .expect("import");
+    let resolved = env.store.resolve("used:1").expect("resolve");
+    env.store.remove("used:1").expect("remove tag");
+    let in_use: HashSet<String> = [
+        built.manifest_digest.clone(),
+        format!("sha256:{}", "e".repeat(64)),
+    ]
+    .into();
+    let report = env.store.gc(&in_use).expect("gc");
+    assert_eq!(
+        (report.removed_blobs, report.removed_layers),
+        (0, 0),
+        "{report:?}"
+    );
+    assert!(resolved.layers[0].join("f").exists());
+    let listed = env.store.list().expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].name.clone(), listed[0].manifest_digest.clone()),
+        (None, built.manifest_digest.clone())
+    );
+    let report = env.store.gc(&HashSet::new()).expect("gc");
+    assert_eq!(
+        (report.removed_blobs, report.removed_layers),
+        (3, 1),
+        "{report:?}"
+    );
+}
