@@ -70,26 +70,6 @@ pub fn machine_netns_batch(m: &MachineNetwork) -> String {
     )
 }
 
-/// `ip -batch` lines that remove what exists of a machine's network. Deleting the host end
-/// of the veth deletes both ends at once, even while a process still holds the namespace.
-/// Takes names rather than a [`MachineNetwork`] so orphans found on the host, whose
-/// addresses are unknown, can be removed too.
-pub fn machine_destroy_batch(
-    host_veth: &str,
-    netns: &str,
-    veth_exists: bool,
-    netns_exists: bool,
-) -> String {
-    let mut batch = String::new();
-    if veth_exists {
-        let _ = writeln!(batch, "link del {host_veth}");
-    }
-    if netns_exists {
-        let _ = writeln!(batch, "netns del {netns}");
-    }
-    batch
-}
-
 /// The whole `inet hangar` table for the given organization bridges, as one atomic
 /// `nft -f` transaction: create the table if missing, delete it, and add it back complete.
 /// With no bridges the table is only removed.
@@ -149,27 +129,6 @@ mod tests {
         let m = machine();
         insta::assert_snapshot!("machine_host", machine_host_batch(&m));
         insta::assert_snapshot!("machine_netns", machine_netns_batch(&m));
-    }
-
-    #[test]
-    fn destroy_batch_only_names_what_exists() {
-        let m = machine();
-        assert_eq!(
-            machine_destroy_batch(&m.host_veth, &m.netns, false, false),
-            ""
-        );
-        assert_eq!(
-            machine_destroy_batch(&m.host_veth, &m.netns, true, false),
-            "link del h3d8d9b1a2c4e6f\n"
-        );
-        assert_eq!(
-            machine_destroy_batch(&m.host_veth, &m.netns, false, true),
-            "netns del hangar-3d8d9b1a2c4e6f\n"
-        );
-        assert_eq!(
-            machine_destroy_batch(&m.host_veth, &m.netns, true, true),
-            "link del h3d8d9b1a2c4e6f\nnetns del hangar-3d8d9b1a2c4e6f\n"
-        );
     }
 
     #[test]

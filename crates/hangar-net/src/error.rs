@@ -71,6 +71,15 @@ pub enum NetError {
     #[error("{what} failed: {stderr} (is iproute2/nftables installed? are you root?)")]
     Command { what: String, stderr: String },
 
+    /// A netlink request inside a machine's network namespace failed.
+    #[error("{what} in network namespace {netns} failed: {source} (are you root?)")]
+    Netlink {
+        what: String,
+        netns: String,
+        #[source]
+        source: io::Error,
+    },
+
     /// A host effect claimed to succeed but left the host in the wrong state.
     #[error("{what}: {detail}")]
     Verify { what: String, detail: String },

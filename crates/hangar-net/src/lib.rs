@@ -19,6 +19,7 @@ pub mod commands;
 mod error;
 mod host;
 mod linux;
+mod netlink;
 pub mod plan;
 
 pub use error::NetError;

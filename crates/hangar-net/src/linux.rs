@@ -4,10 +4,11 @@
 //! Why helper programs and not netlink from this process: creating a named network
 //! namespace needs `unshare(CLONE_NEWNET)` plus a bind mount, which in a multi-threaded
 //! daemon means either a fork without exec (unsafe with other threads' locks) or unsafe
-//! code; `ip netns add` does it in its own process. With `-batch`, a machine costs two
-//! process spawns to create and one to destroy. The only in-process namespace work is
-//! `setns` on a short-lived thread to write the namespace's IPv6 sysctls, which needs no
-//! fork and touches no other thread.
+//! code; `ip netns add` does it in its own process. With `-batch`, creating a machine's
+//! network costs one process spawn (namespace and veth pair) and destroying it one. The
+//! inside of the namespace (sysctls, addresses, links, routes) is configured from a
+//! short-lived thread that has joined the namespace with `setns`, over rtnetlink
+//! ([`crate::netlink`]): no fork, and no other thread is affected.
 //!
 //! Existence checks read `/sys/class/net` and `/run/netns`, so `/sys` must be mounted from
 //! the server's own network namespace (it is, unless the server runs in an unusual
@@ -15,7 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{ErrorKind, Write as _};
+use std::io::{self, ErrorKind, Write as _};
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,10 +24,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::NetError;
 use crate::commands::{
-    bridge_configure_batch, bridge_create_batch, is_bridge_name, machine_destroy_batch,
-    machine_host_batch, machine_netns_batch, nft_ruleset,
+    bridge_configure_batch, bridge_create_batch, is_bridge_name, machine_host_batch, nft_ruleset,
 };
 use crate::host::HostNet;
+use crate::netlink::{NetlinkSocket, netns_requests};
 use crate::plan::{MachineNetwork, NETNS_DIR, NETNS_PREFIX, OrgNetwork, host_veth_name};
 
 /// The host implementation of [`HostNet`]. Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN),
@@ -236,15 +237,22 @@ impl LinuxHostNet {
         }
     }
 
-    /// Turns off duplicate address detection inside a machine's namespace (for `all`,
-    /// `default` and the guest interface, since the kernel skips it only when both `all` and
-    /// the interface say so), before the interface goes up. Otherwise its link-local address
-    /// stays tentative for a second or more after start.
+    /// Configures the inside of a machine's namespace: first turns off duplicate address
+    /// detection (for `all`, `default` and the guest interface, since the kernel skips it
+    /// only when both `all` and the interface say so) before the interface goes up, so its
+    /// link-local address is not tentative for a second or more after start; then adds the
+    /// addresses, brings `lo` and the interface up and adds the default routes over
+    /// rtnetlink ([`crate::netlink`]).
     ///
-    /// The sysctl files under `/proc/sys/net` belong to the network namespace of the thread
-    /// that opens them, so a short-lived thread joins the namespace (`setns` only moves the
-    /// calling thread) and writes them; no fork, no helper process.
-    fn disable_dad_in_netns(&self, m: &MachineNetwork) -> Result<(), NetError> {
+    /// Both the sysctl files under `/proc/sys/net` and netlink sockets belong to the network
+    /// namespace of the thread that opens them, so a short-lived thread joins the namespace
+    /// (`setns` only moves the calling thread) and does the work: no fork, no helper process.
+    fn configure_netns(&self, m: &MachineNetwork) -> Result<(), NetError> {
+        let netlink_error = |what: String, source: io::Error| NetError::Netlink {
+            what,
+            netns: m.netns.clone(),
+            source,
+        };
         let joined = std::thread::scope(|scope| {
             scope
                 .spawn(|| -> Result<(), NetError> {
@@ -279,13 +287,27 @@ impl LinuxHostNet {
                             }
                         }
                     }
+                    let mut socket = NetlinkSocket::open().map_err(|source| {
+                        netlink_error("opening a netlink socket".into(), source)
+                    })?;
+                    let lo = socket
+                        .link_index("lo")
+                        .map_err(|source| netlink_error("finding lo".into(), source))?;
+                    let guest = socket.link_index(&m.guest_ifname).map_err(|source| {
+                        netlink_error(format!("finding {}", m.guest_ifname), source)
+                    })?;
+                    for request in netns_requests(m, lo, guest) {
+                        socket
+                            .apply(&request)
+                            .map_err(|source| netlink_error(request.what, source))?;
+                    }
                     Ok(())
                 })
                 .join()
         });
         joined.unwrap_or_else(|_| {
             Err(NetError::Verify {
-                what: format!("disabling duplicate address detection in {}", m.netns),
+                what: format!("configuring network namespace {}", m.netns),
                 detail: "the helper thread panicked".to_owned(),
             })
         })
@@ -295,42 +317,64 @@ impl LinuxHostNet {
         fs::symlink_metadata(self.netns_dir.join(netns)).is_ok()
     }
 
-    /// Removes a machine's veth and namespace by name; absent parts are fine. Runs with
-    /// `-force` so one missing part does not stop the removal of the other, then checks
-    /// the result, which also makes a concurrent removal harmless.
+    /// Removes a machine's veth and namespace by name; absent parts are fine. Works in
+    /// this process, without helpers: the veth is deleted over rtnetlink (which deletes both
+    /// ends, even while a process still holds the namespace), and the namespace's name is
+    /// unmounted and unlinked, as `ip netns del` does. Then checks the result, which also
+    /// makes a concurrent removal harmless.
     fn destroy_names(&self, veth: &str, netns: &str) -> Result<(), NetError> {
-        let veth_exists = self.link_exists(veth);
-        let netns_exists = self.netns_exists(netns);
-        if !veth_exists && !netns_exists {
-            return Ok(());
+        let netns_path = self.netns_dir.join(netns);
+        let mut first_error = None;
+        if self.link_exists(veth) {
+            let deleted = NetlinkSocket::open().and_then(|mut socket| socket.delete_link(veth));
+            if let Err(source) = deleted {
+                first_error.get_or_insert(NetError::Netlink {
+                    what: format!("deleting veth {veth}"),
+                    netns: "of the host".to_owned(),
+                    source,
+                });
+            }
         }
-        let batch = machine_destroy_batch(veth, netns, veth_exists, netns_exists);
-        let what = format!("removing network of machine namespace {netns}");
-        let result = self.run(
-            &self.ip,
-            &["-force", "-batch", "-"],
-            &batch,
-            &what,
-            "iproute2",
-        );
+        if self.netns_exists(netns) {
+            // Not a mount point (a half-made namespace) or already gone are both fine: the
+            // file is what matters.
+            match rustix::mount::unmount(&netns_path, rustix::mount::UnmountFlags::DETACH) {
+                Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => {}
+                Err(errno) => {
+                    first_error.get_or_insert(NetError::Io {
+                        action: "unmounting",
+                        path: netns_path.clone(),
+                        source: errno.into(),
+                    });
+                }
+            }
+            match fs::remove_file(&netns_path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == ErrorKind::NotFound => {}
+                Err(source) => {
+                    first_error.get_or_insert(NetError::Io {
+                        action: "removing",
+                        path: netns_path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
         let veth_left = self.link_exists(veth);
         let netns_left = self.netns_exists(netns);
         if !veth_left && !netns_left {
             return Ok(());
         }
-        let detail = match result {
-            Err(err) => err.to_string(),
-            Ok(()) => "ip reported success".to_owned(),
+        let detail = first_error.map_or_else(|| "no error reported".to_owned(), |e| e.to_string());
+        let left = match (veth_left, netns_left) {
+            (true, true) => format!("veth {veth} and namespace {netns}"),
+            (true, false) => format!("veth {veth}"),
+            _ => format!("namespace {netns}"),
         };
         Err(NetError::Verify {
-            what: what.clone(),
+            what: format!("removing the network of machine namespace {netns}"),
             detail: format!(
-                "{} still exists after removal ({detail}); remove it with `ip link del {veth}` / `ip netns del {netns}`",
-                match (veth_left, netns_left) {
-                    (true, true) => format!("veth {veth} and namespace {netns}"),
-                    (true, false) => format!("veth {veth}"),
-                    _ => format!("namespace {netns}"),
-                }
+                "{left} still exists after removal ({detail}); remove it with `ip link del {veth}` / `ip netns del {netns}`"
             ),
         })
     }
@@ -417,11 +461,7 @@ impl HostNet for LinuxHostNet {
         );
         let result = self
             .ip_batch(None, &machine_host_batch(m), &what)
-            .and_then(|()| {
-                self.disable_dad_in_netns(m)?;
-                let what = format!("configuring eth0 in network namespace {}", m.netns);
-                self.ip_batch(Some(&m.netns), &machine_netns_batch(m), &what)
-            });
+            .and_then(|()| self.configure_netns(m));
         if let Err(err) = result {
             // Leave nothing half-made behind; the original error is the one to report.
             if let Err(cleanup) = self.destroy_machine(m) {
