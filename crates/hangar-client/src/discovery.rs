@@ -238,15 +238,24 @@ mod tests {
             ("HOME", &home),
         ]);
         let s = resolve_with(&flags, &full_env).unwrap();
-        assert_eq!((s.api_url.as_str(), s.token.expose()), ("http://flag:1", "flagtok"));
+        assert_eq!(
+            (s.api_url.as_str(), s.token.expose()),
+            ("http://flag:1", "flagtok")
+        );
 
         let s = resolve_with(&Overrides::default(), &full_env).unwrap();
-        assert_eq!((s.api_url.as_str(), s.token.expose()), ("http://env:1", "envtok"));
+        assert_eq!(
+            (s.api_url.as_str(), s.token.expose()),
+            ("http://env:1", "envtok")
+        );
         assert_eq!(s.token_source, "HANGAR_API_TOKEN");
 
         let no_env = env_of(&[("HANGAR_DATA_DIR", &data), ("HOME", &home)]);
         let s = resolve_with(&Overrides::default(), &no_env).unwrap();
-        assert_eq!((s.api_url.as_str(), s.token.expose()), ("http://cfg:1", "cfgtok"));
+        assert_eq!(
+            (s.api_url.as_str(), s.token.expose()),
+            ("http://cfg:1", "cfgtok")
+        );
 
         let only_data = Fixture::new(Some("  admin\n"), None);
         let (data, home) = (only_data.data(), only_data.home());
@@ -255,8 +264,15 @@ mod tests {
             &env_of(&[("HANGAR_DATA_DIR", &data), ("HOME", &home)]),
         )
         .unwrap();
-        assert_eq!((s.api_url.as_str(), s.token.expose()), (DEFAULT_API_URL, "admin"));
-        assert!(s.token_source.ends_with("admin-token"), "{}", s.token_source);
+        assert_eq!(
+            (s.api_url.as_str(), s.token.expose()),
+            (DEFAULT_API_URL, "admin")
+        );
+        assert!(
+            s.token_source.ends_with("admin-token"),
+            "{}",
+            s.token_source
+        );
     }
 
     #[test]
@@ -270,7 +286,10 @@ mod tests {
             ("HOME", &home),
         ]);
         let s = resolve_with(&Overrides::default(), &env).unwrap();
-        assert_eq!((s.api_url.as_str(), s.token.expose()), (DEFAULT_API_URL, "admin"));
+        assert_eq!(
+            (s.api_url.as_str(), s.token.expose()),
+            (DEFAULT_API_URL, "admin")
+        );
     }
 
     #[test]
@@ -279,8 +298,7 @@ mod tests {
         let cfg = dir.path().join("my.toml");
         std::fs::write(&cfg, "token = \"t1\"").unwrap();
         let cfg_s = cfg.display().to_string();
-        let s = resolve_with(&Overrides::default(), &env_of(&[("HANGAR_CONFIG", &cfg_s)]))
-            .unwrap();
+        let s = resolve_with(&Overrides::default(), &env_of(&[("HANGAR_CONFIG", &cfg_s)])).unwrap();
         assert_eq!(s.token.expose(), "t1");
         assert_eq!(s.token_source, cfg_s);
 
@@ -306,16 +324,19 @@ mod tests {
             let path = dir.path().join("config.toml");
             std::fs::write(&path, content).unwrap();
             let p = path.display().to_string();
-            let err = resolve_with(&Overrides::default(), &env_of(&[("HANGAR_CONFIG", &p)]))
-                .unwrap_err();
+            let err =
+                resolve_with(&Overrides::default(), &env_of(&[("HANGAR_CONFIG", &p)])).unwrap_err();
             let msg = err.to_string();
             assert!(matches!(err, ClientError::Config { .. }), "{msg}");
             assert!(msg.contains(want), "{content:?}: {msg}");
             assert!(!msg.contains('\n'), "one line: {msg}");
         }
         let missing = dir.path().join("missing.toml").display().to_string();
-        let err = resolve_with(&Overrides::default(), &env_of(&[("HANGAR_CONFIG", &missing)]))
-            .unwrap_err();
+        let err = resolve_with(
+            &Overrides::default(),
+            &env_of(&[("HANGAR_CONFIG", &missing)]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("missing.toml"), "{err}");
     }
 
@@ -329,7 +350,13 @@ mod tests {
         )
         .unwrap_err();
         let msg = err.to_string();
-        for place in ["--token", "HANGAR_API_TOKEN", "config.toml", "admin-token", "does not exist"] {
+        for place in [
+            "--token",
+            "HANGAR_API_TOKEN",
+            "config.toml",
+            "admin-token",
+            "does not exist",
+        ] {
             assert!(msg.contains(place), "{place} missing from: {msg}");
         }
     }

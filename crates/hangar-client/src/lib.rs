@@ -19,12 +19,12 @@ mod upload;
 use std::path::Path;
 use std::time::Duration;
 
-use hangar_core::machine::{Machine, MachineEvent};
 use hangar_core::MachineId;
+use hangar_core::machine::{Machine, MachineEvent};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, Url};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 pub use discovery::{Overrides, Settings, Token};
 pub use error::ClientError;
@@ -55,7 +55,10 @@ impl Client {
         };
         let url = Url::parse(base_url.trim()).map_err(|e| invalid(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(invalid(format!("the scheme must be http or https, not {:?}", url.scheme())));
+            return Err(invalid(format!(
+                "the scheme must be http or https, not {:?}",
+                url.scheme()
+            )));
         }
         if url.cannot_be_a_base() || url.host().is_none() {
             return Err(invalid("it has no host".to_owned()));
@@ -151,7 +154,8 @@ impl Client {
         request: &CreateMachineRequest,
     ) -> Result<Machine, ClientError> {
         let url = self.url(&["v1", "apps", app, "machines"]);
-        self.json(self.request(Method::POST, url).json(request)).await
+        self.json(self.request(Method::POST, url).json(request))
+            .await
     }
 
     /// `GET /v1/apps/{app}/machines/{id}`.
@@ -168,7 +172,8 @@ impl Client {
         request: &CreateMachineRequest,
     ) -> Result<Machine, ClientError> {
         let url = self.url(&["v1", "apps", app, "machines", id.as_str()]);
-        self.json(self.request(Method::POST, url).json(request)).await
+        self.json(self.request(Method::POST, url).json(request))
+            .await
     }
 
     /// `DELETE /v1/apps/{app}/machines/{id}`; `force` kills a running machine.
@@ -186,7 +191,11 @@ impl Client {
     }
 
     /// `POST .../start`.
-    pub async fn start_machine(&self, app: &str, id: &MachineId) -> Result<StartResult, ClientError> {
+    pub async fn start_machine(
+        &self,
+        app: &str,
+        id: &MachineId,
+    ) -> Result<StartResult, ClientError> {
         let url = self.url(&["v1", "apps", app, "machines", id.as_str(), "start"]);
         self.json(self.request(Method::POST, url)).await
     }
@@ -199,7 +208,8 @@ impl Client {
         request: &StopRequest,
     ) -> Result<OkResult, ClientError> {
         let url = self.url(&["v1", "apps", app, "machines", id.as_str(), "stop"]);
-        self.json(self.request(Method::POST, url).json(request)).await
+        self.json(self.request(Method::POST, url).json(request))
+            .await
     }
 
     /// `POST .../restart`.
@@ -267,7 +277,8 @@ impl Client {
     ) -> Result<Vec<MachineEvent>, ClientError> {
         let mut url = self.url(&["v1", "apps", app, "machines", id.as_str(), "events"]);
         if let Some(limit) = limit {
-            url.query_pairs_mut().append_pair("limit", &limit.to_string());
+            url.query_pairs_mut()
+                .append_pair("limit", &limit.to_string());
         }
         self.json(self.request(Method::GET, url)).await
     }
@@ -323,13 +334,13 @@ impl Client {
         let result = self.json(request.body(upload.body)).await;
         if let Some(writer) = upload.writer {
             // A failure to read the directory is the real cause of a failed upload.
-            if let Ok(Err(source)) = writer.await {
-                if source.kind() != std::io::ErrorKind::BrokenPipe || result.is_ok() {
-                    return Err(ClientError::Io {
-                        path: path.to_owned(),
-                        source,
-                    });
-                }
+            if let Ok(Err(source)) = writer.await
+                && (source.kind() != std::io::ErrorKind::BrokenPipe || result.is_ok())
+            {
+                return Err(ClientError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
             }
         }
         result
@@ -338,7 +349,8 @@ impl Client {
     /// `POST /v1/images/pull`.
     pub async fn pull_image(&self, request: &PullRequest) -> Result<ImageSummary, ClientError> {
         let url = self.url(&["v1", "images", "pull"]);
-        self.json(self.request(Method::POST, url).json(request)).await
+        self.json(self.request(Method::POST, url).json(request))
+            .await
     }
 
     /// `DELETE /v1/images/{name}`.
@@ -392,7 +404,8 @@ impl Client {
     /// Sends a request; any status but 2xx becomes an error with the server's message.
     async fn send(&self, request: RequestBuilder) -> Result<Response, ClientError> {
         let (client, request) = request.build_split();
-        let request = request.map_err(|e| ClientError::transport(self.base_url(), self.base_url(), e))?;
+        let request =
+            request.map_err(|e| ClientError::transport(self.base_url(), self.base_url(), e))?;
         let url = request.url().to_string();
         let response = client
             .execute(request)
@@ -439,10 +452,10 @@ fn error_message(status: reqwest::StatusCode, body: &str) -> String {
     struct ErrorBody {
         error: String,
     }
-    if let Ok(parsed) = serde_json::from_str::<ErrorBody>(body) {
-        if !parsed.error.trim().is_empty() {
-            return one_line(&parsed.error);
-        }
+    if let Ok(parsed) = serde_json::from_str::<ErrorBody>(body)
+        && !parsed.error.trim().is_empty()
+    {
+        return one_line(&parsed.error);
     }
     let text = one_line(body);
     if text.is_empty() {
@@ -470,8 +483,14 @@ mod tests {
     #[test]
     fn error_messages_prefer_the_json_error() {
         let s = reqwest::StatusCode::NOT_FOUND;
-        assert_eq!(error_message(s, r#"{"error":"app \"x\" not found"}"#), "app \"x\" not found");
-        assert_eq!(error_message(s, "no\nsuch route"), "the server answered: no such route");
+        assert_eq!(
+            error_message(s, r#"{"error":"app \"x\" not found"}"#),
+            "app \"x\" not found"
+        );
+        assert_eq!(
+            error_message(s, "no\nsuch route"),
+            "the server answered: no such route"
+        );
         assert_eq!(error_message(s, ""), "the server answered Not Found");
         let long = "x".repeat(1000);
         assert!(error_message(s, &long).len() < 300);
@@ -493,9 +512,19 @@ mod tests {
 
     #[test]
     fn bad_base_urls_are_refused() {
-        for bad in ["", "127.0.0.1:4280", "ftp://x", "http://", "http://x/?a=1", "unix:/run/x"] {
+        for bad in [
+            "",
+            "127.0.0.1:4280",
+            "ftp://x",
+            "http://",
+            "http://x/?a=1",
+            "unix:/run/x",
+        ] {
             let err = Client::new(bad, Token::new("t")).unwrap_err();
-            assert!(matches!(err, ClientError::InvalidUrl { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, ClientError::InvalidUrl { .. }),
+                "{bad}: {err}"
+            );
         }
     }
 }

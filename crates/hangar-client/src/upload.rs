@@ -46,7 +46,7 @@ pub(crate) async fn image_body(path: &Path) -> Result<ImageBody, ClientError> {
         }
         let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_CHUNKS);
         let dir = path.to_owned();
-        let writer = tokio::task::spawn_blocking(move || write_layout_tar(&dir, tx));
+        let writer = tokio::task::spawn_blocking(move || write_layout_tar(&dir, &tx));
         let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
         return Ok(ImageBody {
             body: reqwest::Body::wrap_stream(stream),
@@ -64,7 +64,7 @@ pub(crate) async fn image_body(path: &Path) -> Result<ImageBody, ClientError> {
 }
 
 /// Writes `dir` as a tar (entries relative to `dir`, like `oci-archive`) into `tx`.
-fn write_layout_tar(dir: &Path, tx: mpsc::Sender<io::Result<Bytes>>) -> io::Result<()> {
+fn write_layout_tar(dir: &Path, tx: &mpsc::Sender<io::Result<Bytes>>) -> io::Result<()> {
     let sink = ChannelWriter { tx: tx.clone() };
     let result = (|| {
         let mut builder = tar::Builder::new(io::BufWriter::with_capacity(CHUNK_BYTES, sink));

@@ -106,12 +106,7 @@ impl Drop for Mock {
 }
 
 fn json(status: u16, value: serde_json::Value) -> Response {
-    (
-        StatusCode::from_u16(status).unwrap(),
-        [(header::CONTENT_TYPE, "application/json")],
-        value.to_string(),
-    )
-        .into_response()
+    (StatusCode::from_u16(status).unwrap(), axum::Json(value)).into_response()
 }
 
 fn machine_json(id: &str, state: &str) -> serde_json::Value {
@@ -148,7 +143,10 @@ async fn app_routes_send_the_documented_requests() {
     let client = mock.client();
 
     let app = client.create_app("web", Some("acme")).await.unwrap();
-    assert_eq!((app.name.as_str(), app.organization.slug.as_str()), ("web", "acme"));
+    assert_eq!(
+        (app.name.as_str(), app.organization.slug.as_str()),
+        ("web", "acme")
+    );
     let list = client.list_apps(Some("acme")).await.unwrap();
     assert_eq!(list.total_apps, 1);
     assert_eq!(client.get_app("web").await.unwrap().name, "web");
@@ -239,7 +237,10 @@ async fn machine_routes_send_the_documented_requests() {
         .restart_machine("web", &id(), &StopRequest::default())
         .await
         .unwrap();
-    client.signal_machine("web", &id(), "SIGUSR1").await.unwrap();
+    client
+        .signal_machine("web", &id(), "SIGUSR1")
+        .await
+        .unwrap();
     let waited = client
         .wait_machine(
             "web",
@@ -265,7 +266,10 @@ async fn machine_routes_send_the_documented_requests() {
         .collect();
     let want: Vec<(String, String)> = [
         ("POST", "/v1/apps/web/machines".to_owned()),
-        ("GET", "/v1/apps/web/machines?include_deleted=true&state=started%2Cstopped".to_owned()),
+        (
+            "GET",
+            "/v1/apps/web/machines?include_deleted=true&state=started%2Cstopped".to_owned(),
+        ),
         ("GET", "/v1/apps/web/machines".to_owned()),
         ("GET", base.clone()),
         ("POST", base.clone()),
@@ -274,7 +278,10 @@ async fn machine_routes_send_the_documented_requests() {
         ("POST", format!("{base}/restart?signal=SIGTERM&timeout=10s")),
         ("POST", format!("{base}/restart")),
         ("POST", format!("{base}/signal")),
-        ("GET", format!("{base}/wait?state=stopped&timeout=30&instance_id=01J")),
+        (
+            "GET",
+            format!("{base}/wait?state=stopped&timeout=30&instance_id=01J"),
+        ),
         ("GET", format!("{base}/events?limit=5")),
         ("DELETE", format!("{base}?force=true")),
     ]
@@ -343,7 +350,10 @@ async fn image_routes_encode_names_and_send_pull_bodies() {
 #[tokio::test]
 async fn errors_carry_the_status_and_the_servers_message() {
     let mock = Mock::start(|r| match r.uri.as_str() {
-        "/v1/apps/missing" => json(404, serde_json::json!({"error": "app \"missing\" not found"})),
+        "/v1/apps/missing" => json(
+            404,
+            serde_json::json!({"error": "app \"missing\" not found"}),
+        ),
         "/v1/apps/locked" => json(401, serde_json::json!({"error": "invalid token"})),
         "/v1/apps/plain" => (StatusCode::BAD_GATEWAY, "upstream\nbroke").into_response(),
         "/v1/apps/empty" => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -362,10 +372,16 @@ async fn errors_carry_the_status_and_the_servers_message() {
 
     let err = client.get_app("locked").await.unwrap_err();
     assert!(matches!(err, ClientError::Unauthorized { .. }), "{err:?}");
-    assert!(err.to_string().starts_with("invalid token: check the API token"));
+    assert!(
+        err.to_string()
+            .starts_with("invalid token: check the API token")
+    );
 
     let err = client.get_app("plain").await.unwrap_err();
-    assert_eq!(err.to_string(), "the server answered: upstream broke (HTTP 502)");
+    assert_eq!(
+        err.to_string(),
+        "the server answered: upstream broke (HTTP 502)"
+    );
     let err = client.get_app("empty").await.unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -513,7 +529,10 @@ async fn importing_an_oci_layout_directory_tars_it_on_the_fly() {
     let blob = vec![7u8; 600_000];
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
-        ("index.json", br#"{"schemaVersion":2,"manifests":[]}"#.to_vec()),
+        (
+            "index.json",
+            br#"{"schemaVersion":2,"manifests":[]}"#.to_vec(),
+        ),
         ("blobs/sha256/aaaa", blob),
         ("blobs/sha256/bbbb", b"config".to_vec()),
     ];
@@ -540,10 +559,8 @@ async fn importing_an_oci_layout_directory_tars_it_on_the_fly() {
             seen.insert(path.display().to_string(), data);
         }
     }
-    let want: BTreeMap<String, Vec<u8>> = files
-        .into_iter()
-        .map(|(n, d)| (n.to_owned(), d))
-        .collect();
+    let want: BTreeMap<String, Vec<u8>> =
+        files.into_iter().map(|(n, d)| (n.to_owned(), d)).collect();
     assert_eq!(seen, want);
 }
 

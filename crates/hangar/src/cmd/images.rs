@@ -29,7 +29,12 @@ pub enum ImagesCommand {
         #[arg(long, requires = "password")]
         username: Option<String>,
         /// Registry password.
-        #[arg(long, env = "HANGAR_REGISTRY_PASSWORD", hide_env_values = true, requires = "username")]
+        #[arg(
+            long,
+            env = "HANGAR_REGISTRY_PASSWORD",
+            hide_env_values = true,
+            requires = "username"
+        )]
         password: Option<String>,
         /// Talk plain HTTP to the registry.
         #[arg(long)]
@@ -98,7 +103,9 @@ pub async fn run(ctx: &Ctx, command: ImagesCommand) -> anyhow::Result<()> {
                         short_digest(&i.manifest_digest).to_owned(),
                         i.layers.to_string(),
                         human_bytes(i.size),
-                        i.created.as_deref().map_or_else(String::new, |c| age(c, now)),
+                        i.created
+                            .as_deref()
+                            .map_or_else(String::new, |c| age(c, now)),
                     ]
                 })
                 .collect();

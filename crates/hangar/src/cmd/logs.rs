@@ -37,8 +37,10 @@ pub async fn run(ctx: &Ctx, args: LogsArgs) -> anyhow::Result<()> {
             if ctx.out.json {
                 ctx.out.line(serde_json::to_string(&line)?)?;
             } else {
-                ctx.out
-                    .line(format_args!("{} {} {}", line.timestamp, line.stream, line.message))?;
+                ctx.out.line(format_args!(
+                    "{} {} {}",
+                    line.timestamp, line.stream, line.message
+                ))?;
             }
         }
         anyhow::Ok(())

@@ -215,7 +215,10 @@ pub fn validate_image_reference(image: &str) -> anyhow::Result<()> {
         bail!("an image is required: {examples}");
     }
     if let Some(hex) = image.strip_prefix("sha256:") {
-        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        if hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Ok(());
         }
@@ -281,7 +284,9 @@ pub fn build_request(args: &RunArgs) -> anyhow::Result<CreateMachineRequest> {
         let (key, value) = parse_pair("--env", pair)?;
         validate_env_name(key)?;
         if let Some(prefix) = RESERVED_ENV_PREFIXES.iter().find(|p| key.starts_with(*p)) {
-            bail!("environment variable {key:?} is reserved: names starting with {prefix} are set by the platform");
+            bail!(
+                "environment variable {key:?} is reserved: names starting with {prefix} are set by the platform"
+            );
         }
         env.insert(key.to_owned(), value.to_owned());
     }
@@ -294,7 +299,9 @@ pub fn build_request(args: &RunArgs) -> anyhow::Result<CreateMachineRequest> {
     let mut init = Init::default();
     if !args.command.is_empty() {
         if args.command[0].trim().is_empty() {
-            bail!("the command after `--` is empty: give a program to run, or leave out `--` to use the image's");
+            bail!(
+                "the command after `--` is empty: give a program to run, or leave out `--` to use the image's"
+            );
         }
         init.cmd = Some(args.command.clone());
     }
@@ -462,7 +469,9 @@ pub async fn run(ctx: &Ctx, command: MachineCommand) -> anyhow::Result<()> {
         }
         MachineCommand::Stop { machine: m, stop } => {
             let client = ctx.client()?;
-            let ok = client.stop_machine(&m.app.app, &m.id, &stop.request()).await?;
+            let ok = client
+                .stop_machine(&m.app.app, &m.id, &stop.request())
+                .await?;
             if ctx.out.json {
                 return ctx.out.json(&ok);
             }
@@ -486,14 +495,18 @@ pub async fn run(ctx: &Ctx, command: MachineCommand) -> anyhow::Result<()> {
             if ctx.out.json {
                 return ctx.out.json(&ok);
             }
-            ctx.out.line(format_args!("Sent {signal} to machine {}", m.id))?;
+            ctx.out
+                .line(format_args!("Sent {signal} to machine {}", m.id))?;
             Ok(())
         }
         MachineCommand::Destroy { machine: m, force } => {
             let client = ctx.client()?;
             let result = client.destroy_machine(&m.app.app, &m.id, force).await;
             let ok = match result {
-                Err(ClientError::Api { status: 412, message }) => {
+                Err(ClientError::Api {
+                    status: 412,
+                    message,
+                }) => {
                     bail!("{message}: stop it first, or pass --force to kill it")
                 }
                 other => other?,
@@ -570,7 +583,10 @@ fn describe_machine(m: &Machine) -> String {
     let guest = m.config.guest_or_default();
     field(
         "Size",
-        format!("{} {} CPU, {} MiB", guest.cpus, guest.cpu_kind, guest.memory_mb),
+        format!(
+            "{} {} CPU, {} MiB",
+            guest.cpus, guest.cpu_kind, guest.memory_mb
+        ),
     );
     if let Some(init) = &m.config.init {
         for (k, argv) in [
@@ -630,7 +646,11 @@ fn event_detail(e: &MachineEvent) -> String {
         if exit.get("oom_killed").and_then(serde_json::Value::as_bool) == Some(true) {
             parts.push("OOM killed".to_owned());
         }
-        if exit.get("requested_stop").and_then(serde_json::Value::as_bool) == Some(true) {
+        if exit
+            .get("requested_stop")
+            .and_then(serde_json::Value::as_bool)
+            == Some(true)
+        {
             parts.push("requested".to_owned());
         }
         if exit.get("restarting").and_then(serde_json::Value::as_bool) == Some(true) {
@@ -694,23 +714,62 @@ mod tests {
     #[test]
     fn bad_run_arguments_are_refused_locally_with_a_clear_message() {
         let cases: &[(&[&str], &str)] = &[
-            (&["busybox", "--env", "1BAD=x"], "invalid environment variable name \"1BAD\""),
-            (&["busybox", "--env", "A-B=x"], "invalid environment variable name \"A-B\""),
-            (&["busybox", "--env", "A B=x"], "invalid environment variable name"),
-            (&["busybox", "--env", "KEY"], "invalid --env \"KEY\": expected KEY=VALUE"),
-            (&["busybox", "--env", "=v"], "invalid --env \"=v\": expected KEY=VALUE"),
+            (
+                &["busybox", "--env", "1BAD=x"],
+                "invalid environment variable name \"1BAD\"",
+            ),
+            (
+                &["busybox", "--env", "A-B=x"],
+                "invalid environment variable name \"A-B\"",
+            ),
+            (
+                &["busybox", "--env", "A B=x"],
+                "invalid environment variable name",
+            ),
+            (
+                &["busybox", "--env", "KEY"],
+                "invalid --env \"KEY\": expected KEY=VALUE",
+            ),
+            (
+                &["busybox", "--env", "=v"],
+                "invalid --env \"=v\": expected KEY=VALUE",
+            ),
             (&["busybox", "--env", "FLY_APP=x"], "is reserved"),
             (&["busybox", "--", ""], "the command after `--` is empty"),
-            (&["busybox", "--", "  ", "x"], "the command after `--` is empty"),
-            (&["busybox", "--memory", "0"], "--memory must be at least 1 MiB"),
-            (&["busybox", "--memory", "lots"], "usage: error: invalid value 'lots'"),
+            (
+                &["busybox", "--", "  ", "x"],
+                "the command after `--` is empty",
+            ),
+            (
+                &["busybox", "--memory", "0"],
+                "--memory must be at least 1 MiB",
+            ),
+            (
+                &["busybox", "--memory", "lots"],
+                "usage: error: invalid value 'lots'",
+            ),
             (&["busybox", "--cpus", "0"], "--cpus must be at least 1"),
-            (&["busybox", "--restart", "sometimes"], "usage: error: invalid value 'sometimes'"),
-            (&["busybox", "--restart", "no", "--max-retries", "3"], "--max-retries only applies"),
-            (&["busybox", "--stop-signal", "SIGFOO"], "usage: error: invalid value 'SIGFOO'"),
-            (&["busybox", "--stop-timeout", "10"], "usage: error: invalid value '10'"),
+            (
+                &["busybox", "--restart", "sometimes"],
+                "usage: error: invalid value 'sometimes'",
+            ),
+            (
+                &["busybox", "--restart", "no", "--max-retries", "3"],
+                "--max-retries only applies",
+            ),
+            (
+                &["busybox", "--stop-signal", "SIGFOO"],
+                "usage: error: invalid value 'SIGFOO'",
+            ),
+            (
+                &["busybox", "--stop-timeout", "10"],
+                "usage: error: invalid value '10'",
+            ),
             (&["busybox", "--entrypoint", ""], "--entrypoint is empty"),
-            (&["busybox", "--entrypoint", "'unclosed"], "invalid --entrypoint"),
+            (
+                &["busybox", "--entrypoint", "'unclosed"],
+                "invalid --entrypoint",
+            ),
             (&["busybox", "--port", "0"], "is not a port"),
             (&["busybox", "--port", "80:99999"], "is not a port"),
             (&["busybox", "--port", "80/sctp"], "is not tcp or udp"),
@@ -737,11 +796,23 @@ mod tests {
         for args in [
             &["busybox"][..],
             &["busybox:1.36", "--env", "A=", "--env", "_B=x=y"],
-            &["registry.example:5000/team/app:v1", "--memory", "1gb", "--cpus", "2"],
+            &[
+                "registry.example:5000/team/app:v1",
+                "--memory",
+                "1gb",
+                "--cpus",
+                "2",
+            ],
             &[&by_digest],
             &[&bare_digest],
             &["busybox", "--restart", "on-failure", "--max-retries", "3"],
-            &["busybox", "--port", "80:8080/tcp:http", "--port", "443:8080/tcp:tls:http"],
+            &[
+                "busybox",
+                "--port",
+                "80:8080/tcp:http",
+                "--port",
+                "443:8080/tcp:tls:http",
+            ],
             &["busybox", "--", "sh", "-c", "echo hi"],
         ] {
             assert_eq!(check(args), "ok", "{args:?}");
@@ -820,9 +891,17 @@ mod tests {
 
     #[test]
     fn memory_sizes() {
-        for (input, want) in [("512", Some(512)), ("512mb", Some(512)), ("1GB", Some(1024)),
-            ("2g", Some(2048)), ("1 GiB", Some(1024)), ("", None), ("1tb", None), ("-1", None),
-            ("99999999999999999999g", None)] {
+        for (input, want) in [
+            ("512", Some(512)),
+            ("512mb", Some(512)),
+            ("1GB", Some(1024)),
+            ("2g", Some(2048)),
+            ("1 GiB", Some(1024)),
+            ("", None),
+            ("1tb", None),
+            ("-1", None),
+            ("99999999999999999999g", None),
+        ] {
             assert_eq!(parse_memory(input).ok(), want, "{input:?}");
         }
     }
@@ -845,7 +924,16 @@ mod tests {
             .to_string();
         assert!(err.contains("invalid app name"), "{err}");
         let cli = Cli::try_parse_from([
-            "hangar", "machine", "stop", "0123456789abcd", "-a", "web", "-s", "term", "-t", "30s",
+            "hangar",
+            "machine",
+            "stop",
+            "0123456789abcd",
+            "-a",
+            "web",
+            "-s",
+            "term",
+            "-t",
+            "30s",
         ])
         .unwrap();
         let Command::Machine(MachineCommand::Stop { stop, .. }) = cli.command else {
@@ -870,6 +958,9 @@ mod tests {
                                "requested_stop": false, "restarting": true, "exited_at": ""}
             })),
         };
-        assert_eq!(event_detail(&event), "exit code 137, signal 9, OOM killed, restarting");
+        assert_eq!(
+            event_detail(&event),
+            "exit code 137, signal 9, OOM killed, restarting"
+        );
     }
 }

@@ -1,11 +1,13 @@
 //! The command tree of the `hangar` CLI (`docs/cli.md` describes every command).
 
 pub mod apps;
+pub mod config;
 pub mod images;
 pub mod logs;
 pub mod machine;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -17,7 +19,12 @@ use crate::server;
 
 /// Run OCI images as machines on servers you own, the Fly.io way.
 #[derive(Debug, Parser)]
-#[command(name = "hangar", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "hangar",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -55,6 +62,14 @@ pub enum Command {
     Images(images::ImagesCommand),
     /// Print (and follow) a machine's output.
     Logs(logs::LogsArgs),
+    /// Check and print the app config (hangar.toml or fly.toml); no server needed.
+    Config(config::ConfigArgs),
+    /// The per-machine supervisor the server starts; not for people.
+    #[command(hide = true)]
+    Shim {
+        /// The machine's directory.
+        dir: PathBuf,
+    },
 }
 
 /// What every client command gets: the output form and how to reach the API.
@@ -88,6 +103,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Machine(c) => block_on(machine::run(&ctx, c)),
         Command::Images(c) => block_on(images::run(&ctx, c)),
         Command::Logs(args) => block_on(logs::run(&ctx, args)),
+        Command::Config(mut args) => {
+            args.json = ctx.out.json;
+            config::run(&args)
+        }
+        Command::Shim { dir } => Ok(hangar_runtime::machine::run_shim(&dir)),
     }
 }
 
@@ -110,7 +130,8 @@ pub fn parse_app(s: &str) -> Result<String, String> {
 
 /// Parses a machine id.
 pub fn parse_machine_id(s: &str) -> Result<hangar_core::MachineId, String> {
-    s.parse().map_err(|e: hangar_core::ids::InvalidMachineId| e.to_string())
+    s.parse()
+        .map_err(|e: hangar_core::ids::InvalidMachineId| e.to_string())
 }
 
 /// The `--app` option of machine and log commands.

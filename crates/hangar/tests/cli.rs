@@ -1,0 +1,499 @@
+//! The `hangar` binary as a user runs it: bad input refused before any request, one
+//! clear error line and exit status 1, and the output of commands against a small
+//! recording mock of the API (the real server is exercised by the whole-system tests).
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// The binary with a clean environment: no token or URL from the developer's shell,
+/// and a HOME and data dir without config or admin token.
+fn hangar(home: &Path) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::cargo::cargo_bin_cmd!("hangar");
+    cmd.env_clear()
+        .env("HOME", home)
+        .env("HANGAR_DATA_DIR", home.join("data"));
+    cmd
+}
+
+/// A loopback URL nothing listens on.
+fn closed_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts exit status 1 and exactly one `Error: ...` line containing `want`.
+fn assert_one_error_line(out: &Output, want: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.starts_with("Error: "), "{err}");
+    assert_eq!(err.lines().count(), 1, "not one line: {err}");
+    assert!(err.contains(want), "expected {want:?} in {err}");
+    assert!(out.stdout.is_empty(), "stdout: {}", stdout(out));
+}
+
+#[test]
+fn bad_input_is_refused_before_contacting_the_server() {
+    let home = tempfile::tempdir().unwrap();
+    // The URL is closed: a command that sent a request would fail with "cannot reach"
+    // instead of the validation message.
+    let url = closed_url();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["machine", "run", "busybox", "-a", "web", "--env", "1BAD=x"],
+            "invalid environment variable name \"1BAD\"",
+        ),
+        (
+            &["machine", "run", "busybox", "-a", "web", "-e", "NOEQUALS"],
+            "expected KEY=VALUE",
+        ),
+        (
+            &["machine", "run", "busybox", "-a", "web", "--", ""],
+            "the command after `--` is empty",
+        ),
+        (
+            &["machine", "run", "busybox", "-a", "web", "--memory", "0"],
+            "--memory must be at least 1 MiB",
+        ),
+        (
+            &["machine", "run", "busybox", "-a", "web", "--cpus", "0"],
+            "--cpus must be at least 1",
+        ),
+        (
+            &["machine", "run", "Not/An:Image:", "-a", "web"],
+            "invalid image reference",
+        ),
+        (
+            &["machine", "run", "sha256:1234", "-a", "web"],
+            "invalid image digest",
+        ),
+        (
+            &["images", "pull", "registry.example/Team/app:v1"],
+            "invalid image reference",
+        ),
+        (&["apps", "destroy", "web"], "pass --yes"),
+    ];
+    for (args, want) in cases {
+        let out = hangar(home.path())
+            .args(*args)
+            .env("HANGAR_API_URL", &url)
+            .env("HANGAR_API_TOKEN", "t")
+            .write_stdin("")
+            .output()
+            .unwrap();
+        eprintln!("case {args:?}");
+        assert_one_error_line(&out, want);
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_and_name_the_argument() {
+    let home = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["machine", "run", "busybox"], "--app <APP>"),
+        (
+            &[
+                "machine",
+                "run",
+                "busybox",
+                "-a",
+                "web",
+                "--restart",
+                "sometimes",
+            ],
+            "invalid value 'sometimes'",
+        ),
+        (
+            &["machine", "run", "busybox", "-a", "Web_App"],
+            "invalid app name",
+        ),
+        (
+            &["machine", "stop", "../../etc/passwd", "-a", "web"],
+            "invalid machine id",
+        ),
+        (
+            &[
+                "machine",
+                "run",
+                "busybox",
+                "-a",
+                "web",
+                "--stop-signal",
+                "SIGNOPE",
+            ],
+            "unknown signal",
+        ),
+        (&["logs", "-a", "web"], "--machine <MACHINE>"),
+        (&["apps", "create", "bad_name"], "invalid app name"),
+    ];
+    for (args, want) in cases {
+        let out = hangar(home.path()).args(*args).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err}");
+    }
+}
+
+#[test]
+fn an_unreachable_server_is_one_clear_line_and_exit_1() {
+    let home = tempfile::tempdir().unwrap();
+    let url = closed_url();
+    let out = hangar(home.path())
+        .args(["apps", "list"])
+        .env("HANGAR_API_URL", &url)
+        .env("HANGAR_API_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert_one_error_line(&out, "cannot reach the Hangar API");
+    assert_eq!(
+        stderr(&out),
+        format!("Error: cannot reach the Hangar API at {url}: is `hangar server` running?\n")
+    );
+    // The same through the flags instead of the environment.
+    let out = hangar(home.path())
+        .args([
+            "machine",
+            "list",
+            "-a",
+            "web",
+            "--api-url",
+            &url,
+            "--token",
+            "t",
+        ])
+        .output()
+        .unwrap();
+    assert_one_error_line(&out, &format!("cannot reach the Hangar API at {url}"));
+}
+
+#[test]
+fn a_missing_token_lists_where_it_looked() {
+    let home = tempfile::tempdir().unwrap();
+    let out = hangar(home.path()).args(["apps", "list"]).output().unwrap();
+    assert_one_error_line(&out, "no API token found");
+    let err = stderr(&out);
+    for place in ["--token", "HANGAR_API_TOKEN", "config.toml", "admin-token"] {
+        assert!(err.contains(place), "{place}: {err}");
+    }
+}
+
+#[test]
+fn the_admin_token_of_the_data_dir_is_found() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("data")).unwrap();
+    std::fs::write(home.path().join("data/admin-token"), "admintok\n").unwrap();
+    let mock = Mock::start(|r| {
+        if r.auth.as_deref() == Some("Bearer admintok") {
+            json(200, serde_json::json!({"total_apps": 0, "apps": []}))
+        } else {
+            json(401, serde_json::json!({"error": "bad token"}))
+        }
+    });
+    let out = hangar(home.path())
+        .args(["apps", "list", "--api-url", &mock.url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "No apps yet: create one with `hangar apps create NAME`\n"
+    );
+}
+
+// ---- against a recording mock of the API ----
+
+#[derive(Debug, Clone)]
+struct Recorded {
+    method: String,
+    uri: String,
+    auth: Option<String>,
+    body: Vec<u8>,
+}
+
+type Responder = Arc<dyn Fn(&Recorded) -> Response + Send + Sync>;
+
+/// A mock API on its own thread and runtime, since the test itself blocks on the CLI.
+struct Mock {
+    url: String,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Mock {
+    fn start(responder: impl Fn(&Recorded) -> Response + Send + Sync + 'static) -> Mock {
+        let recorded: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let responder: Responder = Arc::new(responder);
+        let rec = recorded.clone();
+        let app = axum::Router::new().fallback(move |req: Request<Body>| {
+            let rec = rec.clone();
+            let responder = responder.clone();
+            async move {
+                let mut r = Recorded {
+                    method: req.method().to_string(),
+                    uri: req.uri().to_string(),
+                    auth: req
+                        .headers()
+                        .get(header::AUTHORIZATION)
+                        .map(|v| v.to_str().unwrap().to_owned()),
+                    body: Vec::new(),
+                };
+                r.body = axum::body::to_bytes(req.into_body(), usize::MAX)
+                    .await
+                    .unwrap()
+                    .to_vec();
+                rec.lock().unwrap().push(r.clone());
+                responder(&r)
+            }
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        Mock {
+            url,
+            recorded,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn take(&self) -> Vec<Recorded> {
+        std::mem::take(&mut *self.recorded.lock().unwrap())
+    }
+
+    /// The CLI with this mock as its API and a token.
+    fn hangar(&self, home: &Path) -> assert_cmd::Command {
+        let mut cmd = hangar(home);
+        cmd.env("HANGAR_API_URL", &self.url)
+            .env("HANGAR_API_TOKEN", "tok");
+        cmd
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn json(status: u16, value: serde_json::Value) -> Response {
+    (StatusCode::from_u16(status).unwrap(), axum::Json(value)).into_response()
+}
+
+const ID: &str = "0123456789abcd";
+
+fn machine_json(state: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": ID, "name": "web-1", "state": state, "region": "local",
+        "instance_id": "01JABCDEFGHJKMNPQRSTVWXYZ0", "private_ip": "fdaa::2",
+        "private_ipv4": "10.0.0.2", "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
+        "config": {"image": "busybox", "init": {"cmd": ["sleep", "60"]}},
+        "events": [], "host_status": "ok", "app_name": "web"
+    })
+}
+
+#[test]
+fn apps_list_prints_a_table_or_json() {
+    let home = tempfile::tempdir().unwrap();
+    let mock = Mock::start(|_| {
+        json(
+            200,
+            serde_json::json!({"total_apps": 2, "apps": [
+                {"id": "api", "name": "api", "status": "deployed",
+                 "organization": {"name": "default", "slug": "default"}, "machine_count": 3,
+                 "network": "default", "created_at": "not-a-time"},
+                {"id": "web", "name": "web", "status": "pending",
+                 "organization": {"name": "acme", "slug": "acme"}, "machine_count": 0,
+                 "network": "default", "created_at": "also-not-a-time"}
+            ]}),
+        )
+    });
+    let out = mock
+        .hangar(home.path())
+        .args(["apps", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "NAME  ORG      STATUS    MACHINES  CREATED\n\
+         api   default  deployed  3         not-a-time\n\
+         web   acme     pending   0         also-not-a-time\n"
+    );
+    let out = mock
+        .hangar(home.path())
+        .args(["apps", "list", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["apps"][1]["organization"]["slug"], "acme");
+    let reqs = mock.take();
+    assert_eq!(reqs.len(), 2);
+    assert!(reqs.iter().all(|r| r.auth.as_deref() == Some("Bearer tok")));
+}
+
+#[test]
+fn machine_run_posts_the_config_and_waits_until_started() {
+    let home = tempfile::tempdir().unwrap();
+    let mock = Mock::start(|r| {
+        let path = r.uri.split('?').next().unwrap().to_owned();
+        match (r.method.as_str(), path.as_str()) {
+            ("POST", "/v1/apps/web/machines") => json(200, machine_json("created")),
+            ("GET", p) if p.ends_with("/wait") => {
+                json(200, serde_json::json!({"ok": true, "state": "started"}))
+            }
+            ("GET", _) => json(200, machine_json("started")),
+            _ => json(404, serde_json::json!({"error": "no such route"})),
+        }
+    });
+    let out = mock
+        .hangar(home.path())
+        .args([
+            "machine", "run", "busybox", "-a", "web", "-e", "A=1", "--memory", "128", "--",
+            "sleep", "60",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!("Machine {ID} (web-1) is started\n")),
+        "{text}"
+    );
+    assert!(text.contains("IPv4      10.0.0.2"), "{text}");
+    assert!(text.contains("Command   sleep 60"), "{text}");
+
+    let reqs = mock.take();
+    let shapes: Vec<(&str, &str)> = reqs
+        .iter()
+        .map(|r| (r.method.as_str(), r.uri.as_str()))
+        .collect();
+    let wait = format!(
+        "/v1/apps/web/machines/{ID}/wait?state=started&timeout=60&instance_id=01JABCDEFGHJKMNPQRSTVWXYZ0"
+    );
+    let get = format!("/v1/apps/web/machines/{ID}");
+    assert_eq!(
+        shapes,
+        [
+            ("POST", "/v1/apps/web/machines"),
+            ("GET", wait.as_str()),
+            ("GET", get.as_str()),
+        ]
+    );
+    let body: serde_json::Value = serde_json::from_slice(&reqs[0].body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"config": {
+            "image": "busybox", "env": {"A": "1"}, "init": {"cmd": ["sleep", "60"]},
+            "guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 128}
+        }})
+    );
+}
+
+#[test]
+fn server_errors_are_printed_as_one_line_with_exit_1() {
+    let home = tempfile::tempdir().unwrap();
+    let mock = Mock::start(|r| {
+        if r.method == "DELETE" {
+            json(
+                412,
+                serde_json::json!({"error": "machine 0123456789abcd is running"}),
+            )
+        } else {
+            json(
+                404,
+                serde_json::json!({"error": "image \"nope:latest\" not found locally and not a registry reference"}),
+            )
+        }
+    });
+    let out = mock
+        .hangar(home.path())
+        .args(["machine", "run", "nope", "-a", "web"])
+        .output()
+        .unwrap();
+    assert_one_error_line(
+        &out,
+        "image \"nope:latest\" not found locally and not a registry reference (HTTP 404)",
+    );
+    let out = mock
+        .hangar(home.path())
+        .args(["machine", "destroy", ID, "-a", "web"])
+        .output()
+        .unwrap();
+    assert_one_error_line(
+        &out,
+        "is running: stop it first, or pass --force to kill it",
+    );
+}
+
+#[test]
+fn logs_print_timestamp_stream_and_message() {
+    let home = tempfile::tempdir().unwrap();
+    let mock = Mock::start(|_| {
+        let body = format!(
+            "{}\n{}\n",
+            serde_json::json!({"timestamp": "2026-01-01T00:00:01.000000001Z", "stream": "stdout",
+                "message": "hello", "machine_id": ID, "instance_id": "i"}),
+            serde_json::json!({"timestamp": "2026-01-01T00:00:02.000000002Z", "stream": "stderr",
+                "message": "oops", "machine_id": ID, "instance_id": "i"})
+        );
+        (StatusCode::OK, body).into_response()
+    });
+    let out = mock
+        .hangar(home.path())
+        .args(["logs", "-a", "web", "--machine", ID, "--tail", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "2026-01-01T00:00:01.000000001Z stdout hello\n2026-01-01T00:00:02.000000002Z stderr oops\n"
+    );
+    let out = mock
+        .hangar(home.path())
+        .args(["logs", "-a", "web", "-m", ID, "--json"])
+        .output()
+        .unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
+    assert_eq!(first["message"], "hello");
+    let reqs = mock.take();
+    assert_eq!(
+        reqs[0].uri,
+        format!("/v1/apps/web/machines/{ID}/logs?tail=2")
+    );
+}
