@@ -17,17 +17,16 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, ErrorKind, Write as _};
-use std::os::fd::AsFd as _;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::NetError;
-use crate::commands::{
-    bridge_configure_batch, bridge_create_batch, is_bridge_name, machine_host_batch, nft_ruleset,
-};
+use crate::commands::{bridge_configure_batch, bridge_create_batch, is_bridge_name, nft_ruleset};
 use crate::host::HostNet;
-use crate::netlink::{NetlinkSocket, netns_requests};
+use crate::netlink::{NetlinkSocket, netns_requests, veth_request};
 use crate::plan::{MachineNetwork, NETNS_DIR, NETNS_PREFIX, OrgNetwork, host_veth_name};
 
 /// The host implementation of [`HostNet`]. Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN),
@@ -46,6 +45,8 @@ pub struct LinuxHostNet {
     /// run side by side): the nftables table is rebuilt from the list of bridges, so two
     /// processes changing bridges at once could otherwise each write a stale list.
     host_lock_path: PathBuf,
+    /// Whether this process has made `/run/netns` a shared mount point.
+    netns_dir_ready: Mutex<bool>,
 }
 
 /// Where the host-wide lock of bridge and firewall changes lives.
@@ -72,6 +73,7 @@ impl LinuxHostNet {
             sys_class_net: PathBuf::from("/sys/class/net"),
             ensured: Mutex::new(BTreeSet::new()),
             host_lock_path: PathBuf::from(HOST_LOCK_PATH),
+            netns_dir_ready: Mutex::new(false),
         }
     }
 
@@ -237,77 +239,129 @@ impl LinuxHostNet {
         }
     }
 
-    /// Configures the inside of a machine's namespace: first turns off duplicate address
-    /// detection (for `all`, `default` and the guest interface, since the kernel skips it
-    /// only when both `all` and the interface say so) before the interface goes up, so its
-    /// link-local address is not tentative for a second or more after start; then adds the
-    /// addresses, brings `lo` and the interface up and adds the default routes over
-    /// rtnetlink ([`crate::netlink`]).
-    ///
-    /// Both the sysctl files under `/proc/sys/net` and netlink sockets belong to the network
-    /// namespace of the thread that opens them, so a short-lived thread joins the namespace
-    /// (`setns` only moves the calling thread) and does the work: no fork, no helper process.
-    fn configure_netns(&self, m: &MachineNetwork) -> Result<(), NetError> {
-        let netlink_error = |what: String, source: io::Error| NetError::Netlink {
-            what,
-            netns: m.netns.clone(),
+    /// Makes the namespace directory a shared mount point, as `ip netns add` does, so
+    /// namespace mounts made here propagate to other mount namespaces and `ip netns` treats
+    /// them as its own. Done once per process.
+    fn prepare_netns_dir(&self) -> Result<(), NetError> {
+        use rustix::mount::{MountPropagationFlags, mount_bind_recursive, mount_change};
+        let mut ready = self
+            .netns_dir_ready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *ready {
+            return Ok(());
+        }
+        let dir = &self.netns_dir;
+        let io_error = |action, source| NetError::Io {
+            action,
+            path: dir.clone(),
             source,
         };
-        let joined = std::thread::scope(|scope| {
-            scope
-                .spawn(|| -> Result<(), NetError> {
-                    let netns = fs::File::open(&m.netns_path).map_err(|source| NetError::Io {
-                        action: "opening",
-                        path: m.netns_path.clone(),
-                        source,
-                    })?;
-                    rustix::thread::move_into_link_name_space(
-                        netns.as_fd(),
-                        Some(rustix::thread::LinkNameSpaceType::Network),
-                    )
-                    .map_err(|errno| NetError::Io {
-                        action: "joining network namespace",
-                        path: m.netns_path.clone(),
-                        source: errno.into(),
-                    })?;
-                    for conf in ["all", "default", m.guest_ifname.as_str()] {
-                        let path = Path::new("/proc/sys/net/ipv6/conf")
-                            .join(conf)
-                            .join("accept_dad");
-                        match fs::write(&path, "0\n") {
-                            Ok(()) => {}
-                            // IPv6 is disabled: adding the IPv6 address reports that.
-                            Err(err) if err.kind() == ErrorKind::NotFound => {}
-                            Err(source) => {
-                                return Err(NetError::Io {
-                                    action: "writing",
-                                    path,
-                                    source,
-                                });
-                            }
-                        }
-                    }
-                    let mut socket = NetlinkSocket::open().map_err(|source| {
-                        netlink_error("opening a netlink socket".into(), source)
-                    })?;
-                    let lo = socket
-                        .link_index("lo")
-                        .map_err(|source| netlink_error("finding lo".into(), source))?;
-                    let guest = socket.link_index(&m.guest_ifname).map_err(|source| {
-                        netlink_error(format!("finding {}", m.guest_ifname), source)
-                    })?;
-                    for request in netns_requests(m, lo, guest) {
-                        socket
-                            .apply(&request)
-                            .map_err(|source| netlink_error(request.what, source))?;
-                    }
-                    Ok(())
-                })
-                .join()
-        });
-        joined.unwrap_or_else(|_| {
+        fs::create_dir_all(dir).map_err(|source| io_error("creating", source))?;
+        let shared = MountPropagationFlags::SHARED | MountPropagationFlags::REC;
+        if let Err(errno) = mount_change(dir, shared) {
+            if errno != rustix::io::Errno::INVAL {
+                return Err(io_error("making a shared mount of", errno.into()));
+            }
+            // Not a mount point yet: make it one, then shared.
+            mount_bind_recursive(dir, dir).map_err(|e| io_error("bind-mounting", e.into()))?;
+            mount_change(dir, shared)
+                .map_err(|e| io_error("making a shared mount of", e.into()))?;
+        }
+        *ready = true;
+        Ok(())
+    }
+
+    /// Creates and configures a machine's namespace and veth pair without helper
+    /// processes, on one short-lived thread:
+    ///
+    /// 1. it opens a netlink socket while still in the host namespace (a socket stays in
+    ///    the namespace it was opened in);
+    /// 2. `unshare(CLONE_NEWNET)` gives the thread a fresh namespace, which a bind mount of
+    ///    `/proc/thread-self/ns/net` on `/run/netns/<name>` keeps alive after the thread
+    ///    exits (what `ip netns add` does);
+    /// 3. it turns off IPv6 duplicate address detection for `all` and `default` before the
+    ///    guest interface exists (the kernel skips DAD only when both `all` and the
+    ///    interface say so), so no address is ever "tentative" (sysctl files under
+    ///    `/proc/sys/net` belong to the namespace of the thread that opens them);
+    /// 4. through the host socket, it creates the veth pair with the guest end directly in
+    ///    the new namespace;
+    /// 5. through a second socket, opened inside, it adds addresses, brings the links up
+    ///    and adds the default routes ([`crate::netlink::netns_requests`]).
+    ///
+    /// Only the helper thread changes namespace; no fork, no other thread affected.
+    fn build_machine_netns(&self, m: &MachineNetwork) -> Result<(), NetError> {
+        self.prepare_netns_dir()?;
+        let path = &m.netns_path;
+        let io_error = |action, path: &Path, source| NetError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        };
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(path)
+            .map_err(|source| io_error("creating the namespace mount point", path, source))?;
+        let netlink_error = |what: String, netns: &str, source: io::Error| NetError::Netlink {
+            what,
+            netns: netns.to_owned(),
+            source,
+        };
+        let work = || -> Result<(), NetError> {
+            let mut host = NetlinkSocket::open()
+                .map_err(|e| netlink_error("opening a netlink socket".into(), "of the host", e))?;
+            let bridge = host.link_index(&m.org.bridge).map_err(|e| {
+                netlink_error(format!("finding bridge {}", m.org.bridge), "of the host", e)
+            })?;
+
+            #[allow(deprecated)]
+            // rustix deprecates its safe `unshare` because `CLONE_FILES` can break file
+            // descriptor ownership across threads; `CLONE_NEWNET` alone only changes this
+            // thread's network namespace, which is sound.
+            rustix::thread::unshare(rustix::thread::UnshareFlags::NEWNET)
+                .map_err(|e| io_error("unsharing the network namespace for", path, e.into()))?;
+            let own_netns = Path::new("/proc/thread-self/ns/net");
+            rustix::mount::mount_bind(own_netns, path)
+                .map_err(|e| io_error("bind-mounting the new namespace on", path, e.into()))?;
+
+            for conf in ["all", "default"] {
+                let sysctl = Path::new("/proc/sys/net/ipv6/conf")
+                    .join(conf)
+                    .join("accept_dad");
+                match fs::write(&sysctl, "0\n") {
+                    Ok(()) => {}
+                    // IPv6 is disabled: adding the IPv6 address reports that.
+                    Err(err) if err.kind() == ErrorKind::NotFound => {}
+                    Err(source) => return Err(io_error("writing", &sysctl, source)),
+                }
+            }
+
+            let netns_fd =
+                fs::File::open(own_netns).map_err(|e| io_error("opening", own_netns, e))?;
+            let veth = veth_request(m, bridge, netns_fd.as_raw_fd());
+            host.apply(&veth)
+                .map_err(|e| netlink_error(veth.what, "of the host", e))?;
+
+            let mut inside = NetlinkSocket::open()
+                .map_err(|e| netlink_error("opening a netlink socket".into(), &m.netns, e))?;
+            let lo = inside
+                .link_index("lo")
+                .map_err(|e| netlink_error("finding lo".into(), &m.netns, e))?;
+            let guest = inside
+                .link_index(&m.guest_ifname)
+                .map_err(|e| netlink_error(format!("finding {}", m.guest_ifname), &m.netns, e))?;
+            for request in netns_requests(m, lo, guest) {
+                inside
+                    .apply(&request)
+                    .map_err(|e| netlink_error(request.what, &m.netns, e))?;
+            }
+            Ok(())
+        };
+        std::thread::scope(|scope| scope.spawn(work).join()).unwrap_or_else(|_| {
             Err(NetError::Verify {
-                what: format!("configuring network namespace {}", m.netns),
+                what: format!("creating network namespace {}", m.netns),
                 detail: "the helper thread panicked".to_owned(),
             })
         })
@@ -455,13 +509,7 @@ impl HostNet for LinuxHostNet {
             tracing::info!(netns = %m.netns, "removing a leftover network of this machine first");
             self.destroy_machine(m)?;
         }
-        let what = format!(
-            "creating network namespace {} and veth {}",
-            m.netns, m.host_veth
-        );
-        let result = self
-            .ip_batch(None, &machine_host_batch(m), &what)
-            .and_then(|()| self.configure_netns(m));
+        let result = self.build_machine_netns(m);
         if let Err(err) = result {
             // Leave nothing half-made behind; the original error is the one to report.
             if let Err(cleanup) = self.destroy_machine(m) {

@@ -11,13 +11,16 @@
 
 use std::io;
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -77,6 +80,36 @@ fn default_route(index: u32, gateway: IpAddr) -> RouteNetlinkMessage {
     };
     message.attributes = vec![RouteAttribute::Gateway(gateway), RouteAttribute::Oif(index)];
     RouteNetlinkMessage::NewRoute(message)
+}
+
+/// The request, sent in the host namespace, that creates the machine's veth pair: the host
+/// end up and on the bridge, the guest end created directly in the machine's namespace
+/// (given as an open file descriptor) under its final name. The equivalent of
+/// [`crate::commands::machine_host_batch`]'s `link add`.
+pub fn veth_request(m: &MachineNetwork, bridge_index: u32, netns_fd: RawFd) -> Request {
+    let mut peer = LinkMessage::default();
+    peer.attributes = vec![
+        LinkAttribute::IfName(m.guest_ifname.clone()),
+        LinkAttribute::NetNsFd(netns_fd),
+    ];
+    let mut message = LinkMessage::default();
+    message.header.flags = LinkFlags::Up;
+    message.header.change_mask = LinkFlags::Up;
+    message.attributes = vec![
+        LinkAttribute::IfName(m.host_veth.clone()),
+        LinkAttribute::Controller(bridge_index),
+        LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]),
+    ];
+    Request {
+        what: format!(
+            "link add {} up master {} type veth peer name {} netns {}",
+            m.host_veth, m.org.bridge, m.guest_ifname, m.netns
+        ),
+        message: RouteNetlinkMessage::NewLink(message),
+    }
 }
 
 /// The requests that configure a machine's namespace, in order: the same steps as
@@ -267,5 +300,12 @@ mod tests {
         let batch = crate::commands::machine_netns_batch(&m);
         assert_eq!(described, batch.lines().collect::<Vec<_>>());
         insta::assert_debug_snapshot!("netns_requests", requests);
+
+        let veth = veth_request(&m, 7, 42);
+        assert_eq!(
+            Some(veth.what.as_str()),
+            crate::commands::machine_host_batch(&m).lines().nth(1)
+        );
+        insta::assert_debug_snapshot!("veth_request", veth);
     }
 }

@@ -283,6 +283,26 @@ fn create_replaces_a_half_made_network() -> Result<()> {
     net.create_machine(&m)?;
     let listener = listen_in(&m)?;
     round_trip(&listener, IpAddr::V4(m.ipv4))?;
+
+    // A failure half-way (an address outside the subnet makes the gateway unreachable)
+    // reports the step that failed and leaves nothing behind.
+    let bad = machine_network(
+        &org,
+        &test_machine_id(),
+        "10.99.0.2".parse()?,
+        "fdaa:0:fd::8".parse()?,
+    );
+    guard.machines.push(bad.clone());
+    let err = net.create_machine(&bad).expect_err("gateway unreachable");
+    let message = err.to_string();
+    ensure!(
+        message.starts_with(&format!(
+            "route add default via 172.29.253.1 dev eth0 in network namespace {} failed",
+            bad.netns
+        )),
+        "{message}"
+    );
+    assert_machine_gone(&net, &bad)?;
     Ok(())
 }
 
