@@ -38,6 +38,10 @@ pub fn bridge_configure_batch(org: &OrgNetwork) -> String {
 /// `ip -batch` lines, run in the host namespace, that create the machine's namespace and
 /// its veth pair: the host end up on the bridge, the guest end created directly inside the
 /// namespace under its final name.
+///
+/// This and [`machine_netns_batch`] are the `ip` equivalent of what the Linux
+/// implementation does in-process over rtnetlink: the readable description its requests are
+/// checked against, a recipe for operators, and the benchmark's peer.
 pub fn machine_host_batch(m: &MachineNetwork) -> String {
     format!(
         "netns add {netns}\n\
@@ -49,7 +53,8 @@ pub fn machine_host_batch(m: &MachineNetwork) -> String {
     )
 }
 
-/// `ip -n <netns> -batch` lines that configure the inside of a machine's namespace:
+/// `ip -n <netns> -batch` lines that configure the inside of a machine's namespace (see
+/// [`machine_host_batch`] for how they are used):
 /// addresses (IPv6 without duplicate address detection, so it works right away), loopback,
 /// the interface, and default routes via the organization's gateways.
 pub fn machine_netns_batch(m: &MachineNetwork) -> String {

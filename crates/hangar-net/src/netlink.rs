@@ -1,13 +1,16 @@
-//! Configuring the inside of a machine's namespace over rtnetlink, from this process.
+//! Creating a machine's veth pair and configuring the inside of its namespace over
+//! rtnetlink, from this process.
 //!
-//! `ip -n <netns>` would cost a process spawn plus iproute2's own namespace switch (it
-//! unshares a mount namespace and remounts `/sys`), a few milliseconds on the start path. A
-//! netlink socket belongs to the network namespace of the thread that opens it, so a
-//! short-lived thread that has joined the namespace opens one and sends a handful of
-//! requests instead: no fork, no helper, no async runtime.
+//! `ip` would cost a process spawn per step, and `ip -n <netns>` also iproute2's own
+//! namespace switch (it unshares a mount namespace and remounts `/sys`): milliseconds on
+//! the start path. A netlink socket belongs to the network namespace of the thread that
+//! opens it, so the Linux implementation's helper thread opens one in the host namespace
+//! and one inside the machine's, and sends a handful of requests: no fork, no helper
+//! process, no async runtime.
 //!
-//! The requests are built by [`netns_requests`], a pure function, so unit tests can check
-//! them; [`NetlinkSocket`] sends them and waits for each acknowledgement.
+//! The requests are built by [`veth_request`] and [`netns_requests`], pure functions, so
+//! unit tests can check them; [`NetlinkSocket`] sends them and waits for each
+//! acknowledgement.
 
 use std::io;
 use std::net::IpAddr;
