@@ -1,5 +1,5 @@
 //! Root integration tests of `LinuxHostNet`: real bridges, veth pairs, namespaces and
-//! nftables. They use organization indexes 250..=254 and machine ids starting with `fe`,
+//! nftables. They use organization indexes 248 and 250..=254 and machine ids starting with `fe`,
 //! which a running server does not hand out, and guards remove everything even when an
 //! assertion fails.
 
@@ -320,6 +320,58 @@ fn destroy_removes_the_veth_while_the_namespace_is_still_held() -> Result<()> {
     net.destroy_machine(&m)?;
     assert_machine_gone(&net, &m)?;
     drop(holder);
+    Ok(())
+}
+
+#[test]
+fn concurrent_creates_and_destroys_in_one_org() -> Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let net = LinuxHostNet::new();
+    let mut guard = Cleanup::new(&net);
+    let org = org_network(&NetPool::default(), 250)?;
+    guard.orgs.push(org.clone());
+    let mut used4 = BTreeSet::new();
+    let mut used6 = BTreeSet::new();
+    let mut machines = Vec::new();
+    for _ in 0..8 {
+        let v4 = allocate_ipv4(&org, &used4)?;
+        let v6 = allocate_ipv6(&org, &used6)?;
+        used4.insert(v4);
+        used6.insert(v6);
+        let m = machine_network(&org, &test_machine_id(), v4, v6);
+        guard.machines.push(m.clone());
+        machines.push(m);
+    }
+    // The first create of an organization also creates its bridge; all of them race for it.
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = machines
+            .iter()
+            .map(|m| scope.spawn(|| net.create_machine(m)))
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("create thread panicked"))
+    })?;
+    for m in &machines {
+        assert_eq!(net.link_master(&m.host_veth).as_deref(), Some("hgbr250"));
+        let listener = listen_in(m)?;
+        round_trip(&listener, IpAddr::V4(m.ipv4))?;
+        round_trip(&listener, IpAddr::V6(m.ipv6))?;
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = machines
+            .iter()
+            .map(|m| scope.spawn(|| net.destroy_machine(m)))
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("destroy thread panicked"))
+    })?;
+    for m in &machines {
+        assert_machine_gone(&net, m)?;
+    }
     Ok(())
 }
 
