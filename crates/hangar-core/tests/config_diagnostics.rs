@@ -293,6 +293,16 @@ fn other_values_that_cannot_work() {
         "use one of \"rolling\"",
     );
     assert_eq!(d.suggestion.as_deref(), Some("rolling"));
+    error(
+        "[processes]\nweb = \"'' --flag\"\n",
+        (2, 7),
+        "starts with an empty program name",
+    );
+    error(
+        "[experimental]\ncmd = [\"\", \"x\"]\n",
+        (2, 7),
+        "starts with an empty program name",
+    );
     error("kill_signal = \"SIGNOPE\"\n", (1, 15), "unknown signal");
     error(
         "[processes]\nweb = \"echo 'open\"\n",

@@ -129,7 +129,11 @@ proptest! {
         assert_located(&toml, &parsed);
         // Whatever parses without errors resolves.
         if let Some(cfg) = parsed.config.as_ref().filter(|_| parsed.errors().next().is_none()) {
-            config::resolve(cfg, "img").unwrap();
+            // ... into machine configs the Machines API accepts.
+            let resolved = config::resolve(cfg, "img").unwrap();
+            for (group, g) in &resolved.groups {
+                prop_assert!(g.machine.validate(None).is_ok(), "{group}: {:?}\n{toml}", g.machine.validate(None));
+            }
         }
         let json = serde_json::to_string_pretty(&doc).unwrap();
         assert_located(&json, &config::parse(&json, Format::Json, "f"));

@@ -312,14 +312,28 @@ impl<'a> Walker<'a> {
     }
 
     /// A command given as a string (one argument, as flyctl's patch does) or an array.
+    /// An empty string or array means "not set", as it does for flyctl.
     fn argv(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
-        match &node.value {
-            NodeValue::Str(s) => Some(vec![s.clone()]),
-            NodeValue::Array(_) => self.strings(node, path),
+        let argv = match &node.value {
+            NodeValue::Str(s) if s.trim().is_empty() => return None,
+            NodeValue::Str(s) => vec![s.clone()],
+            NodeValue::Array(_) => self.strings(node, path)?,
             _ => {
                 self.wrong_type(node, path, "a string or an array of strings");
+                return None;
+            }
+        };
+        match argv.first() {
+            None => None,
+            Some(first) if first.trim().is_empty() => {
+                self.error(
+                    node,
+                    path,
+                    format!("{path:?} starts with an empty program name; name the program to run"),
+                );
                 None
             }
+            Some(_) => Some(argv),
         }
     }
 
@@ -678,12 +692,18 @@ impl<'a> Walker<'a> {
     }
 
     fn check_command(&mut self, node: &Node, path: &str, command: &str) {
-        if let Err(e) = shell_words::split(command) {
-            self.error(
+        match shell_words::split(command) {
+            Err(e) => self.error(
                 node,
                 path,
                 format!("{path:?} cannot be split into arguments ({e}); check the quotes"),
-            );
+            ),
+            Ok(argv) if argv.first().is_some_and(|a| a.trim().is_empty()) => self.error(
+                node,
+                path,
+                format!("{path:?} starts with an empty program name; name the program to run"),
+            ),
+            Ok(_) => {}
         }
     }
 
@@ -1629,8 +1649,18 @@ impl<'a> Walker<'a> {
                 "source" => source = self.string(n, &p),
                 "destination" => {
                     destination = self.string(n, &p);
-                    if destination.as_deref() == Some("/") {
-                        self.error(n, &p, "a volume cannot be mounted on \"/\"; pick a directory such as \"/data\"".to_owned());
+                    match destination.as_deref() {
+                        Some("/") => self.error(
+                            n,
+                            &p,
+                            "a volume cannot be mounted on \"/\"; pick a directory such as \"/data\"".to_owned(),
+                        ),
+                        Some(d) if !d.is_empty() && !d.starts_with('/') => self.warn(
+                            n.offset,
+                            &p,
+                            format!("mount destination {d:?} is not an absolute path; it is mounted at \"/{d}\""),
+                        ),
+                        _ => {}
                     }
                 }
                 "processes" => m.processes = self.strings(n, &p).unwrap_or_default(),

@@ -465,7 +465,12 @@ fn resolve_group(
         .iter()
         .filter(|v| applies(&v.processes, group, default))
         .map(|v| MachineMount {
-            path: v.destination.clone(),
+            // The parser warned about relative destinations; containers need absolute ones.
+            path: if v.destination.starts_with('/') {
+                v.destination.clone()
+            } else {
+                format!("/{}", v.destination)
+            },
             name: Some(v.source.clone()),
             size_gb: v.initial_size,
             extend_threshold_percent: v.auto_extend_size_threshold,
