@@ -454,6 +454,29 @@ fn quoted_numbers_in_durations_are_read_with_a_warning() {
 }
 
 #[test]
+fn fly_v1_dedicated_sizes_are_read_as_performance_sizes() {
+    let d = check(
+        "[[vm]]\nsize = \"dedicated-cpu-2x\"\n",
+        Severity::Warning,
+        DiagnosticKind::Legacy,
+        (2, 8),
+        "Fly v1's name for \"performance-2x\"",
+    );
+    assert_eq!(d.suggestion.as_deref(), Some("performance-2x"));
+    let (cfg, _) = parse("[[vm]]\nsize = \"dedicated-cpu-2x\"\n");
+    let guest = config::guest_of(&cfg.unwrap().vm[0]);
+    assert_eq!(
+        (guest.cpu_kind.as_str(), guest.cpus, guest.memory_mb),
+        ("performance", 2, 4096)
+    );
+    error(
+        "[[vm]]\nsize = \"dedicated-cpu-3x\"\n",
+        (2, 8),
+        "unknown machine size",
+    );
+}
+
+#[test]
 fn enumerated_values_ignore_case() {
     let cfg = clean(
         "[deploy]\nstrategy = \"Rolling\"\n[http_service]\ninternal_port = 80\nauto_stop_machines = \"Suspend\"\n",

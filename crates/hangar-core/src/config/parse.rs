@@ -1548,7 +1548,25 @@ impl<'a> Walker<'a> {
             let n = &e.node;
             match e.key.as_str() {
                 "size" => {
-                    if let Some(size) = self.string(n, &p) {
+                    if let Some(mut size) = self.string(n, &p) {
+                        // Fly v1 called performance CPUs "dedicated-cpu-Nx".
+                        let renamed = size
+                            .strip_prefix("dedicated-cpu-")
+                            .map(|rest| format!("performance-{rest}"))
+                            .filter(|p| super::resolve::preset(p).is_some());
+                        if let Some(renamed) = renamed {
+                            self.push(
+                                Severity::Warning,
+                                DiagnosticKind::Legacy,
+                                n.offset,
+                                &p,
+                                format!(
+                                    "size {size:?} is Fly v1's name for {renamed:?}; read as {renamed:?}"
+                                ),
+                                Some(renamed.clone()),
+                            );
+                            size = renamed;
+                        }
                         if super::resolve::preset(&size).is_none() {
                             self.push(
                                 Severity::Error,
