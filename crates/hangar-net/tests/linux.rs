@@ -404,9 +404,7 @@ fn unsafe_names_are_refused_before_touching_the_host() -> Result<()> {
 
 #[test]
 fn missing_programs_give_a_clear_error() -> Result<()> {
-    if !is_root() {
-        return Ok(());
-    }
+    // Needs no root: nothing on the host is touched.
     let net = LinuxHostNet::with_programs("/nonexistent/ip", "/nonexistent/nft");
     let err = net.check_tools().expect_err("no ip");
     ensure!(
