@@ -36,13 +36,24 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// Print JSON instead of tables, for scripts.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global Options")]
     pub json: bool,
     /// URL of the Hangar API [default: $HANGAR_API_URL, the config file, or http://127.0.0.1:4280].
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        help_heading = "Global Options"
+    )]
     pub api_url: Option<String>,
-    /// API token [default: $HANGAR_API_TOKEN, the config file, or <data-dir>/admin-token].
-    #[arg(long, global = true, value_name = "TOKEN")]
+    /// API token; visible in `ps`, so prefer HANGAR_API_TOKEN [default: $HANGAR_API_TOKEN,
+    /// the config file, or <data-dir>/admin-token].
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        help_heading = "Global Options"
+    )]
     pub token: Option<String>,
 }
 
@@ -137,7 +148,7 @@ pub fn parse_machine_id(s: &str) -> Result<hangar_core::MachineId, String> {
 /// The `--app` option of machine and log commands.
 #[derive(Debug, Clone, Args)]
 pub struct AppArg {
-    /// The app (or set HANGAR_APP).
+    /// The app.
     #[arg(short = 'a', long = "app", env = "HANGAR_APP", value_name = "APP", value_parser = parse_app)]
     pub app: String,
 }
