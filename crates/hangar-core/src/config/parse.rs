@@ -678,15 +678,13 @@ impl<'a> Walker<'a> {
         if let (Some(port), path, offset) = experimental_metrics
             && cfg.metrics.is_empty()
         {
-            {
-                let i = cfg.metrics.len();
-                self.record(&index("metrics", i), offset);
-                cfg.metrics.push(Metrics {
-                    port,
-                    path: path.unwrap_or_else(|| "/metrics".to_owned()),
-                    ..Metrics::default()
-                });
-            }
+            let i = cfg.metrics.len();
+            self.record(&index("metrics", i), offset);
+            cfg.metrics.push(Metrics {
+                port,
+                path: path.unwrap_or_else(|| "/metrics".to_owned()),
+                ..Metrics::default()
+            });
         }
         Some(cfg)
     }
@@ -1039,15 +1037,13 @@ impl<'a> Walker<'a> {
         if let (Some(soft), Some(hard)) = (c.soft_limit, c.hard_limit)
             && soft > hard
         {
-            {
-                self.warn(
-                    node.offset,
-                    path,
-                    format!(
-                        "soft_limit {soft} is above hard_limit {hard} in {path:?}; the soft limit will never be reached"
-                    ),
-                );
-            }
+            self.warn(
+                node.offset,
+                path,
+                format!(
+                    "soft_limit {soft} is above hard_limit {hard} in {path:?}; the soft limit will never be reached"
+                ),
+            );
         }
         Some(c)
     }
@@ -1100,13 +1096,11 @@ impl<'a> Walker<'a> {
                 if let Some(path_value) = &c.path
                     && !path_value.starts_with('/')
                 {
-                    {
-                        self.warn(
-                            n.offset,
-                            &p,
-                            format!("check path {path_value:?} does not start with '/'"),
-                        );
-                    }
+                    self.warn(
+                        n.offset,
+                        &p,
+                        format!("check path {path_value:?} does not start with '/'"),
+                    );
                 }
             }
             "protocol" => c.protocol = self.one_of(n, &p, &["http", "https"]),

@@ -371,36 +371,34 @@ fn resolve_group(
     if let Some(h) = &cfg.http_service
         && applies(&h.processes, group, default)
     {
-        {
-            has_http_service = true;
-            let force_https = h.force_https.unwrap_or(false);
-            m.services.push(MachineService {
-                protocol: "tcp".to_owned(),
-                internal_port: h.internal_port.unwrap_or(8080),
-                autostop: autostop(h.auto_stop_machines),
-                autostart: h.auto_start_machines,
-                min_machines_running: h.min_machines_running,
-                ports: vec![
-                    MachinePort {
-                        port: Some(80),
-                        handlers: vec!["http".to_owned()],
-                        force_https,
-                        http_options: h.http_options.clone(),
-                        ..MachinePort::default()
-                    },
-                    MachinePort {
-                        port: Some(443),
-                        handlers: vec!["http".to_owned(), "tls".to_owned()],
-                        tls_options: h.tls_options.clone(),
-                        http_options: h.http_options.clone(),
-                        ..MachinePort::default()
-                    },
-                ],
-                checks: h.checks.iter().map(|c| service_check("http", c)).collect(),
-                concurrency: concurrency(h.concurrency.as_ref()),
-                extra: BTreeMap::new(),
-            });
-        }
+        has_http_service = true;
+        let force_https = h.force_https.unwrap_or(false);
+        m.services.push(MachineService {
+            protocol: "tcp".to_owned(),
+            internal_port: h.internal_port.unwrap_or(8080),
+            autostop: autostop(h.auto_stop_machines),
+            autostart: h.auto_start_machines,
+            min_machines_running: h.min_machines_running,
+            ports: vec![
+                MachinePort {
+                    port: Some(80),
+                    handlers: vec!["http".to_owned()],
+                    force_https,
+                    http_options: h.http_options.clone(),
+                    ..MachinePort::default()
+                },
+                MachinePort {
+                    port: Some(443),
+                    handlers: vec!["http".to_owned(), "tls".to_owned()],
+                    tls_options: h.tls_options.clone(),
+                    http_options: h.http_options.clone(),
+                    ..MachinePort::default()
+                },
+            ],
+            checks: h.checks.iter().map(|c| service_check("http", c)).collect(),
+            concurrency: concurrency(h.concurrency.as_ref()),
+            extra: BTreeMap::new(),
+        });
     }
     for s in &cfg.services {
         if !applies(&s.processes, group, default) {
