@@ -497,3 +497,115 @@ fn logs_print_timestamp_stream_and_message() {
         format!("/v1/apps/web/machines/{ID}/logs?tail=2")
     );
 }
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl ChildGuard {
+    /// Waits for the exit, polling until a deadline.
+    fn wait_with_deadline(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hangar did not exit within {limit:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+fn spawn_hangar(mock: &Mock, home: &Path, args: &[&str]) -> ChildGuard {
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin!("hangar"))
+        .env_clear()
+        .env("HOME", home)
+        .env("HANGAR_DATA_DIR", home.join("data"))
+        .env("HANGAR_API_URL", &mock.url)
+        .env("HANGAR_API_TOKEN", "tok")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    ChildGuard(child)
+}
+
+fn log_line(message: &str) -> String {
+    format!(
+        "{}\n",
+        serde_json::json!({"timestamp": "2026-01-01T00:00:01.000000001Z", "stream": "stdout",
+            "message": message, "machine_id": ID, "instance_id": "i"})
+    )
+}
+
+#[test]
+fn logs_follow_prints_lines_as_they_come_and_ends_cleanly_on_ctrl_c() {
+    use std::io::BufRead;
+
+    let home = tempfile::tempdir().unwrap();
+    // One line, then the response stays open, as a followed log does.
+    let mock = Mock::start(|_| {
+        let first =
+            futures_util::stream::once(async { Ok::<_, std::io::Error>(log_line("hello")) });
+        let stream = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+        Response::new(Body::from_stream(stream))
+    });
+    let mut child = spawn_hangar(&mock, home.path(), &["logs", "-a", "web", "-m", ID, "-f"]);
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the first line is printed while the response is still open");
+    assert_eq!(line, "2026-01-01T00:00:01.000000001Z stdout hello\n");
+
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child.0),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let status = child.wait_with_deadline(std::time::Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(
+        mock.take()[0].uri,
+        format!("/v1/apps/web/machines/{ID}/logs?follow=true")
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    use std::io::Read;
+
+    let home = tempfile::tempdir().unwrap();
+    let mock = Mock::start(|_| (StatusCode::OK, log_line("x").repeat(1000)).into_response());
+    let mut child = spawn_hangar(&mock, home.path(), &["logs", "-a", "web", "-m", ID]);
+    // Closing the reading end first makes the CLI's first write fail with EPIPE,
+    // as in `hangar logs ... | head -0`.
+    drop(child.0.stdout.take());
+    let status = child.wait_with_deadline(std::time::Duration::from_secs(30));
+    let mut err = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(err, "");
+}

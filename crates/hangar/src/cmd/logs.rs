@@ -1,5 +1,6 @@
 //! `hangar logs`: a machine's output, optionally followed.
 
+use anyhow::Context as _;
 use clap::Args;
 use hangar_client::LogOptions;
 use hangar_core::MachineId;
@@ -23,6 +24,10 @@ pub struct LogsArgs {
 }
 
 pub async fn run(ctx: &Ctx, args: LogsArgs) -> anyhow::Result<()> {
+    // Registered before anything is printed, so a Ctrl-C right after the first line
+    // still ends the command through this handler rather than the default action.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot watch for Ctrl-C")?;
     let client = ctx.client()?;
     let options = LogOptions {
         follow: args.follow,
@@ -48,6 +53,6 @@ pub async fn run(ctx: &Ctx, args: LogsArgs) -> anyhow::Result<()> {
     // Ctrl-C is the normal way to end `--follow`, so it ends the command successfully.
     tokio::select! {
         result = print => result,
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = interrupt.recv() => Ok(()),
     }
 }
