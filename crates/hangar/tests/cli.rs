@@ -609,3 +609,50 @@ fn a_closed_stdout_ends_the_command_quietly() {
     assert_eq!(status.code(), Some(0), "{err}");
     assert_eq!(err, "");
 }
+
+#[test]
+fn run_does_not_wait_for_a_machine_that_already_exited_but_fails_on_failed() {
+    let home = tempfile::tempdir().unwrap();
+    for (state, code) in [("stopped", 0), ("started", 0), ("failed", 1)] {
+        let mock = Mock::start(move |r| match r.method.as_str() {
+            "POST" => json(200, machine_json(state)),
+            _ => json(500, serde_json::json!({"error": "unexpected request"})),
+        });
+        let out = mock
+            .hangar(home.path())
+            .args(["machine", "run", "busybox", "-a", "web", "--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{state}: {}", stderr(&out));
+        assert!(
+            stdout(&out).starts_with(&format!("Machine {ID} (web-1) is {state}\n")),
+            "{}",
+            stdout(&out)
+        );
+        if code == 1 {
+            assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+            assert!(stderr(&out).contains("failed to start"), "{}", stderr(&out));
+        }
+        assert_eq!(mock.take().len(), 1, "{state}: only the create request");
+    }
+}
+
+#[test]
+fn start_reports_the_state_reached() {
+    let home = tempfile::tempdir().unwrap();
+    let mock = Mock::start(|r| match (r.method.as_str(), r.uri.ends_with("/start")) {
+        ("POST", true) => json(200, serde_json::json!({"previous_state": "stopped"})),
+        ("GET", false) => json(200, machine_json("started")),
+        _ => json(500, serde_json::json!({"error": "unexpected request"})),
+    });
+    let out = mock
+        .hangar(home.path())
+        .args(["machine", "start", ID, "-a", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("Machine {ID} is started (was stopped)\n")
+    );
+}

@@ -457,15 +457,21 @@ pub async fn run(ctx: &Ctx, command: MachineCommand) -> anyhow::Result<()> {
         MachineCommand::Start(m) => {
             let client = ctx.client()?;
             let started = client.start_machine(&m.app.app, &m.id).await?;
-            wait_started(ctx, &m.app.app, &m.id, None).await?;
+            let machine = settle(
+                ctx,
+                &m.app.app,
+                client.get_machine(&m.app.app, &m.id).await?,
+            )
+            .await?;
             if ctx.out.json {
-                return ctx.out.json(&started);
+                ctx.out.json(&started)?;
+            } else {
+                ctx.out.line(format_args!(
+                    "Machine {} is {} (was {})",
+                    m.id, machine.state, started.previous_state
+                ))?;
             }
-            ctx.out.line(format_args!(
-                "Machine {} started (was {})",
-                m.id, started.previous_state
-            ))?;
-            Ok(())
+            fail_if_failed(&machine, &m.app.app)
         }
         MachineCommand::Stop { machine: m, stop } => {
             let client = ctx.client()?;
@@ -525,14 +531,42 @@ async fn run_machine(ctx: &Ctx, args: &RunArgs) -> anyhow::Result<()> {
     let client = ctx.client()?;
     let app = &args.app.app;
     let mut machine = client.create_machine(app, &request).await?;
-    if !args.detach && machine.state != MachineState::Started {
-        wait_started(ctx, app, &machine.id, Some(machine.instance_id.0.clone())).await?;
-        machine = client.get_machine(app, &machine.id).await?;
+    if !args.detach {
+        machine = settle(ctx, app, machine).await?;
     }
     if ctx.out.json {
-        return ctx.out.json(&machine);
+        ctx.out.json(&machine)?;
+    } else {
+        ctx.out.line(describe_machine(&machine))?;
     }
-    ctx.out.line(describe_machine(&machine))?;
+    if args.detach {
+        return Ok(());
+    }
+    fail_if_failed(&machine, app)
+}
+
+/// The machine once it is past `created`/`starting`. The server starts machines before
+/// it answers, so this usually returns at once; it must not wait for `started` when
+/// the machine already ran and exited (`-- sh -c 'exit 0'`), which is not a failure.
+async fn settle(ctx: &Ctx, app: &str, machine: Machine) -> anyhow::Result<Machine> {
+    if !matches!(
+        machine.state,
+        MachineState::Created | MachineState::Starting
+    ) {
+        return Ok(machine);
+    }
+    wait_started(ctx, app, &machine.id, Some(machine.instance_id.0.clone())).await?;
+    Ok(ctx.client()?.get_machine(app, &machine.id).await?)
+}
+
+/// A machine the platform gave up on is an error for the command that started it.
+fn fail_if_failed(machine: &Machine, app: &str) -> anyhow::Result<()> {
+    if machine.state == MachineState::Failed {
+        let id = &machine.id;
+        bail!(
+            "machine {id} failed to start: see `hangar machine status {id} -a {app}` and `hangar logs -a {app} --machine {id}`"
+        );
+    }
     Ok(())
 }
 
