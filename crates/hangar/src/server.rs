@@ -1,7 +1,21 @@
 //! `hangar server`: runs the platform on this host.
+//!
+//! Start-up order: preflight (root, runc, overlayfs, cgroups), data dir, store, admin
+//! token, image store, runtime, network, reconcile the host with the store, then serve the
+//! API. On SIGTERM or SIGINT the server stops serving and exits; machines keep running
+//! under their shims and are adopted by the next start.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use hangar_control::{Control, ControlOptions};
+use hangar_net::{LinuxHostNet, NetPool};
+use hangar_runtime::image::ImageStore;
+use hangar_runtime::machine::{MachineRuntime, RuntimeOptions};
+use hangar_store::Store;
 
 /// Options of `hangar server`.
 #[derive(Debug, Clone, clap::Args)]
@@ -15,9 +29,229 @@ pub struct ServerArgs {
     /// The runc binary.
     #[arg(long, env = "HANGAR_RUNC", default_value = "runc")]
     pub runc: PathBuf,
+    /// Region name of this host.
+    #[arg(long, env = "HANGAR_REGION", default_value = "local")]
+    pub region: String,
+    /// IPv4 pool for machines (a /24 per organization).
+    #[arg(long, env = "HANGAR_IPV4_POOL", default_value = "172.29.0.0/16")]
+    pub ipv4_pool: String,
+    /// IPv6 pool for machines (a /48 per organization).
+    #[arg(long, env = "HANGAR_IPV6_POOL", default_value = "fdaa::/16")]
+    pub ipv6_pool: String,
+    /// Write the API's bound address to this file once listening (for scripts and tests using port 0).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// What the host offers, as found by the preflight.
+#[derive(Debug)]
+pub struct Preflight {
+    /// Absolute path of runc.
+    pub runc: PathBuf,
+    /// `v1` (or hybrid) or `v2`.
+    pub cgroup: &'static str,
+    /// Total memory in MiB.
+    pub memory_mb: u64,
+}
+
+fn find_in_path(bin: &Path) -> Option<PathBuf> {
+    if bin.components().count() > 1 {
+        return bin.is_file().then(|| bin.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+/// Checks that this host can run machines; every problem found is named with its fix.
+pub fn preflight(runc: &Path) -> anyhow::Result<Preflight> {
+    let mut problems = Vec::new();
+    if !rustix::process::geteuid().is_root() {
+        problems.push("not running as root: hangar server needs root to create containers, mounts and network namespaces (run it with sudo)".to_owned());
+    }
+    let runc_path = find_in_path(runc);
+    if runc_path.is_none() {
+        problems.push(format!(
+            "runc not found ({}): install it with `apt-get install runc`, or pass --runc PATH",
+            runc.display()
+        ));
+    }
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !filesystems
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("overlay"))
+    {
+        problems.push("the kernel has no overlayfs: load it with `modprobe overlay`".to_owned());
+    }
+    let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "v2"
+    } else if Path::new("/sys/fs/cgroup/memory").is_dir()
+        && Path::new("/sys/fs/cgroup/pids").is_dir()
+    {
+        "v1"
+    } else {
+        problems.push("no usable cgroup hierarchy: need cgroup v2 at /sys/fs/cgroup, or v1 with the memory, cpu and pids controllers mounted".to_owned());
+        "none"
+    };
+    if find_in_path(Path::new("ip")).is_none() {
+        problems.push(
+            "the `ip` command is missing: install it with `apt-get install iproute2`".to_owned(),
+        );
+    }
+    if !problems.is_empty() {
+        bail!(
+            "this host cannot run Hangar yet:\n  - {}",
+            problems.join("\n  - ")
+        );
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_mb = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(1024, |kb| kb / 1024);
+    Ok(Preflight {
+        runc: runc_path.unwrap_or_default(),
+        cgroup,
+        memory_mb,
+    })
+}
+
+/// Creates the admin token on first start: the token goes to `<data-dir>/admin-token` (0600),
+/// only its digest into the store.
+async fn ensure_admin_token(store: &Store, data_dir: &Path) -> anyhow::Result<()> {
+    let path = data_dir.join("admin-token");
+    if path.exists() {
+        let token = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let digest = hangar_control::auth::token_digest(token.trim());
+        if store.token_kind(&digest).await?.is_none() {
+            store
+                .insert_token(&digest, "admin", "admin-token file")
+                .await?;
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        return Ok(());
+    }
+    let token = hangar_control::auth::generate_token();
+    store
+        .insert_token(
+            &hangar_control::auth::token_digest(&token),
+            "admin",
+            "admin-token file",
+        )
+        .await?;
+    let tmp = data_dir.join("admin-token.tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        writeln!(f, "{token}")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    tracing::info!(path = %path.display(), "created the admin token");
+    Ok(())
 }
 
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    anyhow::bail!("hangar server is not wired yet ({})", args.data_dir.display())
+    let pre = preflight(&args.runc)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(args, pre))
+}
+
+async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
+    tracing::info!(cgroup = pre.cgroup, runc = %pre.runc.display(), "preflight passed");
+    let data = &args.data_dir;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("creating the data dir {}", data.display()))?;
+    std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o711))?;
+    let store = Store::open(&data.join("hangar.db"))
+        .await
+        .context("opening the store")?;
+    store.ensure_org("default").await?;
+    ensure_admin_token(&store, data).await?;
+
+    let images = ImageStore::open(&data.join("images")).context("opening the image store")?;
+    let shim_exe = std::env::current_exe().context("finding the hangar binary for the shim")?;
+    let runtime = MachineRuntime::new(RuntimeOptions {
+        runc: pre.runc.clone(),
+        ..RuntimeOptions::new(data, shim_exe)
+    })
+    .context("setting up the machine runtime")?;
+    let pool = NetPool {
+        ipv4: args
+            .ipv4_pool
+            .parse()
+            .with_context(|| format!("--ipv4-pool {:?} is not a CIDR block", args.ipv4_pool))?,
+        ipv6: args
+            .ipv6_pool
+            .parse()
+            .with_context(|| format!("--ipv6-pool {:?} is not a CIDR block", args.ipv6_pool))?,
+    };
+    let host_net = LinuxHostNet::new();
+    host_net
+        .check_tools()
+        .context("checking the networking tools")?;
+    let control = Control::new(
+        store.clone(),
+        images,
+        runtime,
+        Arc::new(host_net),
+        ControlOptions {
+            region: args.region.clone(),
+            pool,
+            host_memory_mb: pre.memory_mb,
+        },
+    );
+    control
+        .reconcile()
+        .await
+        .context("reconciling the host with the store")?;
+
+    let listener = tokio::net::TcpListener::bind(args.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is another hangar server running? choose another with --api-listen)", args.api_listen))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(%bound, data_dir = %data.display(), "hangar server ready");
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, bound.to_string())?;
+    }
+    let app = hangar_control::api::router(control.clone());
+    let shutdown = control.shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down; machines keep running");
+            shutdown.cancel();
+        })
+        .await?;
+    control.tasks.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), control.tasks.wait()).await;
+    store.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }
