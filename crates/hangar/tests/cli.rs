@@ -431,7 +431,7 @@ fn server_errors_are_printed_as_one_line_with_exit_1() {
         if r.method == "DELETE" {
             json(
                 412,
-                serde_json::json!({"error": "machine 0123456789abcd is running"}),
+                serde_json::json!({"error": "machine 0123456789abcd is started: stop it first, or destroy with force=true to kill it"}),
             )
         } else {
             json(
@@ -454,10 +454,11 @@ fn server_errors_are_printed_as_one_line_with_exit_1() {
         .args(["machine", "destroy", ID, "-a", "web"])
         .output()
         .unwrap();
-    assert_one_error_line(
-        &out,
-        "is running: stop it first, or pass --force to kill it",
+    assert_eq!(
+        stderr(&out),
+        "Error: machine 0123456789abcd is started: stop it first, or pass --force to kill it\n"
     );
+    assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]

@@ -4,6 +4,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::bail;
 use clap::Subcommand;
+use hangar_client::ClientError;
 use time::OffsetDateTime;
 
 use super::{Ctx, parse_app};
@@ -92,7 +93,16 @@ pub async fn run(ctx: &Ctx, command: AppsCommand) -> anyhow::Result<()> {
                 confirm(&name, force)?;
             }
             let client = ctx.client()?;
-            client.destroy_app(&name, force).await?;
+            match client.destroy_app(&name, force).await {
+                Err(ClientError::Api {
+                    status: 412,
+                    message,
+                }) => bail!(
+                    "{}: destroy them first, or pass --force to destroy them with the app",
+                    super::with_cli_hint(&message)
+                ),
+                other => other?,
+            }
             if ctx.out.json {
                 return ctx.out.json(&serde_json::json!({ "destroyed": name }));
             }

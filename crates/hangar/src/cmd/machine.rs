@@ -512,9 +512,10 @@ pub async fn run(ctx: &Ctx, command: MachineCommand) -> anyhow::Result<()> {
                 Err(ClientError::Api {
                     status: 412,
                     message,
-                }) => {
-                    bail!("{message}: stop it first, or pass --force to kill it")
-                }
+                }) => bail!(
+                    "{}: stop it first, or pass --force to kill it",
+                    super::with_cli_hint(&message)
+                ),
                 other => other?,
             };
             if ctx.out.json {

@@ -133,6 +133,12 @@ fn block_on<F: Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
+/// The part of a server message before its advice: the server advises in API terms
+/// (`force=true`), which the CLI replaces with its own flags.
+pub fn with_cli_hint(message: &str) -> &str {
+    message.split_once(": ").map_or(message, |(what, _)| what)
+}
+
 /// Parses `--app`: an app name (a DNS label).
 pub fn parse_app(s: &str) -> Result<String, String> {
     hangar_core::names::validate_app_name(s).map_err(|e| e.to_string())?;
