@@ -981,6 +981,53 @@ mod tests {
     }
 
     #[test]
+    fn status_shows_the_config_summary_and_events() {
+        let machine: Machine = serde_json::from_value(serde_json::json!({
+            "id": "0123456789abcd", "name": "web-1", "state": "stopped", "region": "local",
+            "instance_id": "01JABCDEFGHJKMNPQRSTVWXYZ0", "private_ip": "fdaa::2",
+            "private_ipv4": "10.0.0.2", "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:01:00Z", "host_status": "ok", "app_name": "web",
+            "image_ref": {"registry": "", "repository": "busybox", "tag": "latest",
+                          "digest": "sha256:abc", "labels": {}},
+            "config": {"image": "busybox", "env": {"B": "2", "A": "1"},
+                       "init": {"cmd": ["sh", "-c", "echo hi; exit 3"]},
+                       "guest": {"cpu_kind": "shared", "cpus": 2, "memory_mb": 512},
+                       "restart": {"policy": "on-failure", "max_retries": 2},
+                       "services": [{"protocol": "tcp", "internal_port": 8080,
+                                     "ports": [{"port": 80}, {"port": 443}]}]},
+            "events": [{"id": "e2", "type": "exit", "status": "stopped", "source": "hangar",
+                        "timestamp": 1_767_225_660_000_i64,
+                        "request": {"exit_event": {"exit_code": 137, "oom_killed": true}}},
+                       {"id": "e1", "type": "launch", "status": "created", "source": "user",
+                        "timestamp": 1_767_225_600_000_i64}]
+        }))
+        .unwrap();
+        assert_eq!(
+            describe_machine(&machine),
+            "Machine 0123456789abcd (web-1) is stopped
+  App       web
+  Image     busybox
+  Digest    sha256:abc
+  IPv4      10.0.0.2
+  IPv6      fdaa::2
+  Size      2 shared CPU, 512 MiB
+  Command   sh -c 'echo hi; exit 3'
+  Restart   on-failure (max 2 retries)
+  Env       A, B
+  Service   8080/tcp <- 80,443
+  Version   01JABCDEFGHJKMNPQRSTVWXYZ0
+  Created   2026-01-01T00:00:00Z
+  Updated   2026-01-01T00:01:00Z"
+        );
+        assert_eq!(
+            events_table(&machine.events),
+            "TIME                  TYPE    STATUS   SOURCE  DETAIL
+2026-01-01T00:01:00Z  exit    stopped  hangar  exit code 137, OOM killed
+2026-01-01T00:00:00Z  launch  created  user"
+        );
+    }
+
+    #[test]
     fn event_details_show_exit_codes_and_oom() {
         let event = MachineEvent {
             id: "1".into(),
