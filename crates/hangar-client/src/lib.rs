@@ -126,6 +126,21 @@ impl Client {
         self.send(self.request(Method::DELETE, url)).await.map(drop)
     }
 
+    // ---- organizations ----
+
+    /// `GET /v1/orgs`.
+    pub async fn list_orgs(&self) -> Result<Vec<Org>, ClientError> {
+        self.json(self.request(Method::GET, self.url(&["v1", "orgs"])))
+            .await
+    }
+
+    /// `POST /v1/orgs`.
+    pub async fn create_org(&self, slug: &str) -> Result<Org, ClientError> {
+        let body = serde_json::json!({ "slug": slug });
+        let url = self.url(&["v1", "orgs"]);
+        self.json(self.request(Method::POST, url).json(&body)).await
+    }
+
     // ---- machines ----
 
     /// `GET /v1/apps/{app}/machines`.

@@ -66,6 +66,22 @@ pub struct CreateAppRequest {
     pub org_slug: Option<String>,
 }
 
+/// An organization (`GET /v1/orgs`): a tenant with its own bridge and address blocks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Org {
+    /// Slug used in requests.
+    pub slug: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Index of its network (bridge `hgbr<index>`).
+    #[serde(default)]
+    pub network_index: u32,
+    /// RFC 3339.
+    #[serde(default)]
+    pub created_at: String,
+}
+
 /// The body of `POST /v1/apps/{app}/machines` and `POST /v1/apps/{app}/machines/{id}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CreateMachineRequest {

@@ -583,3 +583,27 @@ async fn a_directory_that_is_not_a_layout_is_refused_before_uploading() {
     assert!(err.to_string().contains("missing.tar"));
     assert!(mock.take().is_empty(), "nothing may be sent");
 }
+
+#[tokio::test]
+async fn org_routes_send_the_documented_requests() {
+    let org = serde_json::json!({"slug": "acme", "name": "acme", "network_index": 2,
+        "created_at": "2026-01-01T00:00:00Z"});
+    let mock = Mock::start(move |r| match r.method.as_str() {
+        "POST" => json(201, org.clone()),
+        _ => json(200, serde_json::json!([org.clone()])),
+    })
+    .await;
+    let client = mock.client();
+    assert_eq!(client.create_org("acme").await.unwrap().network_index, 2);
+    assert_eq!(client.list_orgs().await.unwrap()[0].slug, "acme");
+    let reqs = mock.take();
+    assert_eq!(
+        (reqs[0].method.as_str(), reqs[0].uri.as_str()),
+        ("POST", "/v1/orgs")
+    );
+    assert_eq!(reqs[0].json(), serde_json::json!({"slug": "acme"}));
+    assert_eq!(
+        (reqs[1].method.as_str(), reqs[1].uri.as_str()),
+        ("GET", "/v1/orgs")
+    );
+}

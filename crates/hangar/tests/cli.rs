@@ -657,3 +657,40 @@ fn start_reports_the_state_reached() {
         format!("Machine {ID} is started (was stopped)\n")
     );
 }
+
+#[test]
+fn orgs_create_and_list() {
+    let home = tempfile::tempdir().unwrap();
+    let org = serde_json::json!({"slug": "acme", "name": "acme", "network_index": 2,
+        "created_at": "not-a-time"});
+    let mock = Mock::start(move |r| match r.method.as_str() {
+        "POST" => json(201, org.clone()),
+        _ => json(200, serde_json::json!([org.clone()])),
+    });
+    let out = mock
+        .hangar(home.path())
+        .args(["orgs", "create", "acme"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("Created organization acme"));
+    let out = mock
+        .hangar(home.path())
+        .args(["orgs", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out),
+        "SLUG  BRIDGE  CREATED\nacme  hgbr2   not-a-time\n"
+    );
+    let out = hangar(home.path())
+        .args(["orgs", "create", "Not_A_Slug"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid organization name"),
+        "{}",
+        stderr(&out)
+    );
+}

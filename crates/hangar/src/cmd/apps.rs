@@ -7,7 +7,7 @@ use clap::Subcommand;
 use hangar_client::ClientError;
 use time::OffsetDateTime;
 
-use super::{Ctx, parse_app};
+use super::{Ctx, parse_app, parse_org};
 use crate::output::age;
 
 /// Apps group machines under one name.
@@ -42,11 +42,6 @@ pub enum AppsCommand {
         #[arg(long, short = 'y')]
         yes: bool,
     },
-}
-
-fn parse_org(s: &str) -> Result<String, String> {
-    hangar_core::names::validate_org_name(s).map_err(|e| e.to_string())?;
-    Ok(s.to_owned())
 }
 
 pub async fn run(ctx: &Ctx, command: AppsCommand) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod images;
 pub mod logs;
 pub mod machine;
+pub mod orgs;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -65,6 +66,9 @@ pub enum Command {
     /// Create, list and destroy apps.
     #[command(subcommand)]
     Apps(apps::AppsCommand),
+    /// Create and list organizations (tenants with their own private network).
+    #[command(subcommand, visible_alias = "org")]
+    Orgs(orgs::OrgsCommand),
     /// Run and manage machines.
     #[command(subcommand, visible_alias = "machines")]
     Machine(machine::MachineCommand),
@@ -111,6 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // The server builds its own runtime: it is not a client command.
         Command::Server(args) => server::run(args).map(|()| ExitCode::SUCCESS),
         Command::Apps(c) => block_on(apps::run(&ctx, c)),
+        Command::Orgs(c) => block_on(orgs::run(&ctx, c)),
         Command::Machine(c) => block_on(machine::run(&ctx, c)),
         Command::Images(c) => block_on(images::run(&ctx, c)),
         Command::Logs(args) => block_on(logs::run(&ctx, args)),
@@ -137,6 +142,12 @@ fn block_on<F: Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<Exit
 /// (`force=true`), which the CLI replaces with its own flags.
 pub fn with_cli_hint(message: &str) -> &str {
     message.split_once(": ").map_or(message, |(what, _)| what)
+}
+
+/// Parses an organization slug (a DNS label).
+pub fn parse_org(s: &str) -> Result<String, String> {
+    hangar_core::names::validate_org_name(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
 }
 
 /// Parses `--app`: an app name (a DNS label).
