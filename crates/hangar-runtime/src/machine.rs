@@ -355,6 +355,11 @@ impl MachineRuntime {
         if opts.runc_root.join(id.as_str()).exists() {
             self.inner.runc.delete_force(id.as_str())?;
         }
+        // A fresh cgroup, so the shim can count OOM kills from zero.
+        let rel = self.cgroup_rel(id);
+        if let Err(e) = self.inner.cgroups.remove(&rel) {
+            tracing::warn!(machine_id = %id, error = %e, "cannot remove the machine's leftover cgroup");
+        }
 
         let paths = RootfsPaths::new(&dir);
         let (own, hosts, nameservers, search) = match &spec.network {
@@ -415,6 +420,7 @@ impl MachineRuntime {
         shim::write_atomic(
             &config_path,
             &serde_json::to_vec_pretty(&config).unwrap_or_default(),
+            false,
         )
         .map_err(io_err("write", &config_path))?;
         let shim_cfg = ShimConfig {
@@ -431,6 +437,7 @@ impl MachineRuntime {
         shim::write_atomic(
             &shim_path,
             &serde_json::to_vec_pretty(&shim_cfg).unwrap_or_default(),
+            false,
         )
         .map_err(io_err("write", &shim_path))?;
         self.spawn_shim(id, dir)

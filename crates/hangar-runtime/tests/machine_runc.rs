@@ -43,7 +43,8 @@ macro_rules! require_root {
 /// A temp data dir, a busybox layer, a runtime, and every machine and netns it made,
 /// destroyed on drop.
 struct Harness {
-    tmp: tempfile::TempDir,
+    /// Kept for its `Drop`: removed after the machines are destroyed.
+    _tmp: tempfile::TempDir,
     rt: MachineRuntime,
     layer: PathBuf,
     machines: Vec<MachineId>,
@@ -71,7 +72,7 @@ impl Harness {
         opts.log_files = log_files;
         let rt = MachineRuntime::new(opts).unwrap();
         Harness {
-            tmp,
+            _tmp: tmp,
             rt,
             layer,
             machines: Vec::new(),
@@ -134,12 +135,14 @@ impl Drop for Harness {
         for ns in &self.netns {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-        // Never let the temp dir removal walk into a mount that survived.
+        // Never let the temp dir removal walk into a mount that survived a failed destroy.
+        let mounts = mountinfo();
         for id in &self.machines {
             let rootfs = self.rt.machine_dir(id).join("rootfs");
-            let _ = Command::new("umount").arg("-l").arg(&rootfs).status();
+            if mounts.contains(rootfs.to_str().unwrap_or("-")) {
+                let _ = Command::new("umount").arg("-l").arg(&rootfs).status();
+            }
         }
-        let _ = self.tmp.path();
     }
 }
 
