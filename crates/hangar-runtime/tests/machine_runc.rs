@@ -614,3 +614,64 @@ async fn destroy_leaves_nothing_on_the_host() {
     // Idempotent.
     h.rt.destroy(&spec.id).unwrap();
 }
+
+#[tokio::test]
+async fn an_image_with_many_layers_mounts_through_the_new_mount_api() {
+    require_root!();
+    let mut h = Harness::new();
+    // 150 layers with long paths: far more than fits in mount(2)'s one-page option string.
+    let layers_root = h
+        .layer
+        .parent()
+        .unwrap()
+        .join(format!("layers-{}", "x".repeat(60)));
+    let mut layers = vec![h.layer.clone()];
+    for n in 0..150 {
+        let layer = layers_root.join(format!("layer-with-a-long-name-{n:03}"));
+        fs::create_dir_all(layer.join("layers")).unwrap();
+        fs::write(layer.join("layers").join(n.to_string()), "").unwrap();
+        // Every layer rewrites the same file: the top one must win.
+        fs::write(layer.join("top"), format!("{n}\n")).unwrap();
+        layers.push(layer);
+    }
+    let mut spec = h.spec(&["sh", "-c", "ls /layers | wc -l; cat /top"]);
+    spec.image.layers = layers;
+    h.rt.start(&spec).unwrap();
+    let record = wait_exit(&h.rt, &spec.id).await;
+    let out = messages(&h.rt.read_logs(&spec.id, None).unwrap());
+    assert_eq!(record.exit_code, 0, "{out:?}");
+    assert_eq!(
+        out.iter().map(|l| l.trim()).collect::<Vec<_>>(),
+        vec!["150", "149"]
+    );
+}
+
+#[tokio::test]
+async fn a_machine_whose_shim_was_killed_is_reported_and_destroyed() {
+    require_root!();
+    let mut h = Harness::new();
+    let spec = h.spec(&["sleep", "1000"]);
+    let running = h.rt.start(&spec).unwrap();
+    let shim = rustix::process::Pid::from_raw(running.shim_pid).unwrap();
+    rustix::process::kill_process(shim, rustix::process::Signal::KILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = h.rt.inspect(&spec.id).unwrap();
+        if state
+            == (HostState::Orphaned {
+                init_pid: running.init_pid,
+            })
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {state:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The container itself kept running without its shim.
+    assert!(fs::read(format!("/proc/{}/cmdline", running.init_pid)).is_ok_and(|c| !c.is_empty()));
+    let err = h.rt.wait_exit(&spec.id).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::NoExitRecord { .. }), "{err}");
+    h.rt.destroy(&spec.id).unwrap();
+    assert_eq!(h.rt.inspect(&spec.id).unwrap(), HostState::Absent);
+    assert!(fs::read(format!("/proc/{}/cmdline", running.init_pid)).map_or(true, |c| c.is_empty()));
+}

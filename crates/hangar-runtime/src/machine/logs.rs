@@ -205,6 +205,9 @@ pub fn read(dir: &Path, tail: Option<usize>) -> io::Result<Vec<LogLine>> {
 /// A reader positioned in the live file.
 struct Follower {
     dir: PathBuf,
+    /// Whether the log directory has existed: only its removal (not its absence before
+    /// the machine's first start) ends a follow.
+    seen_dir: bool,
     file: Option<(File, u64)>,
     partial: Vec<u8>,
     pending: VecDeque<LogLine>,
@@ -235,6 +238,7 @@ impl Follower {
         }
         let mut follower = Follower {
             dir: dir.to_path_buf(),
+            seen_dir: dir.exists(),
             file: current,
             partial: Vec::new(),
             pending,
@@ -271,9 +275,14 @@ impl Follower {
     fn check_rotation(&mut self) -> io::Result<bool> {
         let meta = match fs::metadata(self.dir.join(CURRENT)) {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(self.dir.exists()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let exists = self.dir.exists();
+                self.seen_dir |= exists;
+                return Ok(exists || !self.seen_dir);
+            }
             Err(e) => return Err(e),
         };
+        self.seen_dir = true;
         let old_ino = self.file.as_ref().map(|(_, ino)| *ino);
         if old_ino == Some(meta.ino()) {
             return Ok(true);
@@ -306,7 +315,8 @@ impl Follower {
 }
 
 /// Lines from `dir` (the last `tail` of the history first), then new lines as the shim
-/// writes them, across rotations; ends when the directory is removed.
+/// writes them, across rotations; waits for the directory if it does not exist yet, and
+/// ends when it is removed.
 pub fn follow(
     dir: PathBuf,
     tail: Option<usize>,
@@ -391,6 +401,26 @@ mod tests {
         let all = read(dir.path(), None).unwrap();
         assert_eq!(all.last().unwrap().message, "line 9");
         assert_eq!(all.last().unwrap().stream, "stderr");
+    }
+
+    #[tokio::test]
+    async fn follow_waits_for_a_log_dir_that_does_not_exist_yet() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("logs");
+        let mut stream = Box::pin(follow(dir.clone(), None));
+        let pending = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+        assert!(
+            pending.is_err(),
+            "follow ended before the machine ever started"
+        );
+        let mut w = LogWriter::open(&dir, 1024, 2, "m", "i").unwrap();
+        w.write_line("stdout", "first").unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("follow stalled")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.message, "first");
     }
 
     #[tokio::test]
