@@ -675,3 +675,118 @@ async fn a_machine_whose_shim_was_killed_is_reported_and_destroyed() {
     assert_eq!(h.rt.inspect(&spec.id).unwrap(), HostState::Absent);
     assert!(fs::read(format!("/proc/{}/cmdline", running.init_pid)).map_or(true, |c| c.is_empty()));
 }
+
+/// Set in the child process of `killing_the_server_stops_no_machine_and_loses_no_line`.
+const SERVER_CHILD_ENV: &str = "HANGAR_RT_TEST_SERVER_CHILD";
+
+#[tokio::test]
+async fn killing_the_server_stops_no_machine_and_loses_no_line() {
+    require_root!();
+    if let Some(args) = std::env::var_os(SERVER_CHILD_ENV) {
+        // The "server": starts the machine, then waits to be killed with SIGKILL.
+        let args = args.into_string().unwrap();
+        let mut parts = args.split('\n');
+        let (data, shim, layer, id) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let mut opts = RuntimeOptions::new(Path::new(data), PathBuf::from(shim));
+        opts.cgroup_parent = CGROUP_PARENT.to_owned();
+        let rt = MachineRuntime::new(opts).unwrap();
+        let spec = StartSpec {
+            id: id.parse().unwrap(),
+            instance_id: "01TESTINSTANCE0000000000AA".into(),
+            app: "test".into(),
+            config: MachineConfig {
+                init: Some(Init {
+                    exec: Some(vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "trap 'exit 0' INT; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.02; done"
+                            .into(),
+                    ]),
+                    ..Init::default()
+                }),
+                ..MachineConfig::default()
+            },
+            image: ResolvedImage {
+                reference: "busybox-test".into(),
+                name: None,
+                manifest_digest: "sha256:00".into(),
+                config_digest: "sha256:01".into(),
+                config: ImageConfig::default(),
+                layers: vec![PathBuf::from(layer)],
+            },
+            env: BTreeMap::new(),
+            network: None,
+        };
+        rt.start(&spec).unwrap();
+        println!("STARTED");
+        std::thread::sleep(Duration::from_secs(120));
+        return;
+    }
+
+    let mut h = Harness::new();
+    let id = MachineId::generate();
+    h.machines.push(id.clone());
+    let opts = h.rt.options().clone();
+    let data = opts.root.parent().unwrap().to_owned();
+    let child_args = format!(
+        "{}\n{}\n{}\n{}",
+        data.display(),
+        opts.shim_exe.display(),
+        h.layer.display(),
+        id
+    );
+    let mut server = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "killing_the_server_stops_no_machine_and_loses_no_line",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SERVER_CHILD_ENV, child_args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let shim_pid = loop {
+        if let HostState::Running { shim_pid, init_pid } = h.rt.inspect(&id).unwrap()
+            && init_pid > 0
+        {
+            break shim_pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the child server did not start the machine"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    wait_for_log(&h.rt, &id, "tick 3");
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    let ticks_at_kill = h.rt.read_logs(&id, None).unwrap().len();
+
+    // The machine keeps running and logging without its server.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.rt.read_logs(&id, None).unwrap().len() < ticks_at_kill + 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the machine stopped logging after the server died"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(matches!(
+        h.rt.inspect(&id).unwrap(),
+        HostState::Running { shim_pid: p, .. } if p == shim_pid
+    ));
+    // A new server adopts and stops it; every line from the first on is there, in order.
+    let adopted = h.reopen();
+    let record = adopted.stop(&id, 2, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((record.exit_code, record.signal), (0, None));
+    let lines = messages(&adopted.read_logs(&id, None).unwrap());
+    let want: Vec<String> = (0..lines.len()).map(|n| format!("tick {n}")).collect();
+    assert_eq!(lines, want, "log lines lost or reordered");
+}
