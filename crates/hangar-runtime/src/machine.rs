@@ -338,6 +338,7 @@ impl MachineRuntime {
     pub fn start(&self, spec: &StartSpec) -> Result<Running, RuntimeError> {
         let id = &spec.id;
         let opts = &self.inner.opts;
+        tracing::debug!(machine_id = %id, app = %spec.app, instance_id = %spec.instance_id, "starting machine");
         if self.live_shim(id).is_some() {
             return Err(RuntimeError::AlreadyRunning(id.clone()));
         }
