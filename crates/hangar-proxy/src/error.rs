@@ -1,0 +1,178 @@
+//! Errors the proxy answers itself, and the one place that maps them to status codes and bodies.
+
+use std::time::Duration;
+
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+
+use crate::body::ResponseBody;
+
+/// Why no machine could take a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The app has no machine in the `started` state.
+    NoneStarted,
+    /// Machines are started but none passes its checks.
+    NoneHealthy,
+    /// Every machine is being stopped or replaced.
+    AllDraining,
+    /// Every machine is at its hard limit and the request waited the whole queue timeout.
+    AllAtHardLimit,
+    /// Every machine is at its hard limit and the app's queue is full.
+    QueueFull,
+}
+
+impl Unavailable {
+    /// The label used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NoneStarted => "none_started",
+            Self::NoneHealthy => "none_healthy",
+            Self::AllDraining => "all_draining",
+            Self::AllAtHardLimit => "all_at_hard_limit",
+            Self::QueueFull => "queue_full",
+        }
+    }
+}
+
+/// A request the proxy answers itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No app is routed for the Host header.
+    #[error(
+        "no app is served at host {host:?}; create one with `hangar apps create <name>` and reach it as \
+         <name>.{base_domain}, or add {host:?} as a custom hostname of an existing app"
+    )]
+    UnknownHost { host: String, base_domain: String },
+    /// The request has no usable Host header or authority.
+    #[error("the request has no Host header; send `Host: <app>.{base_domain}`")]
+    MissingHost { base_domain: String },
+    /// No machine can take the request now.
+    #[error("{}", unavailable_message(app, *reason, *machines))]
+    Unavailable {
+        app: String,
+        reason: Unavailable,
+        machines: usize,
+    },
+    /// No connection could be made to any eligible machine.
+    #[error(
+        "could not connect to any machine of app {app:?} ({tried} tried, last error: {last_error}); \
+         check that the app listens on 0.0.0.0 at its internal_port"
+    )]
+    ConnectFailed {
+        app: String,
+        tried: usize,
+        last_error: String,
+    },
+    /// The machine failed while the request was being sent or its response read.
+    #[error(
+        "machine {machine_id} of app {app:?} failed to answer: {detail}; check the app's logs with \
+         `hangar logs -a {app}`"
+    )]
+    UpstreamFailed {
+        app: String,
+        machine_id: String,
+        detail: String,
+    },
+    /// The machine did not send response headers in time.
+    #[error(
+        "machine {machine_id} of app {app:?} did not answer within {timeout:?}; check the app's logs \
+         with `hangar logs -a {app}`"
+    )]
+    UpstreamTimeout {
+        app: String,
+        machine_id: String,
+        timeout: Duration,
+    },
+    /// The client stopped sending its body.
+    #[error("the request body stalled for longer than {0:?}; the request was cut")]
+    ClientBodyTimeout(Duration),
+}
+
+fn unavailable_message(app: &str, reason: Unavailable, machines: usize) -> String {
+    match reason {
+        Unavailable::NoneStarted if machines == 0 => format!(
+            "app {app:?} has no machine exposing an http service; deploy one with `hangar deploy -a {app}`"
+        ),
+        Unavailable::NoneStarted => format!(
+            "app {app:?} has no started machine ({machines} stopped or starting); start one with \
+             `hangar machine start -a {app} <id>`"
+        ),
+        Unavailable::NoneHealthy => format!(
+            "app {app:?} has no healthy machine: every started machine fails its service checks; see \
+             `hangar checks list -a {app}`"
+        ),
+        Unavailable::AllDraining => {
+            format!("every machine of app {app:?} is being stopped or replaced; retry shortly")
+        }
+        Unavailable::AllAtHardLimit => format!(
+            "every machine of app {app:?} is at its hard concurrency limit and the request waited the \
+             whole queue timeout; retry later or add machines"
+        ),
+        Unavailable::QueueFull => format!(
+            "every machine of app {app:?} is at its hard concurrency limit and the request queue is \
+             full; retry later or add machines"
+        ),
+    }
+}
+
+impl ProxyError {
+    /// The status code answered to the client.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownHost { .. } => StatusCode::NOT_FOUND,
+            Self::MissingHost { .. } => StatusCode::BAD_REQUEST,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ConnectFailed { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+
+    /// A short machine-readable code, as in Fly's error codes.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownHost { .. } => "unknown_host",
+            Self::MissingHost { .. } => "missing_host",
+            Self::Unavailable { reason, .. } => reason.label(),
+            Self::ConnectFailed { .. } => "connect_failed",
+            Self::UpstreamFailed { .. } => "upstream_failed",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::ClientBodyTimeout(_) => "client_body_timeout",
+        }
+    }
+
+    /// Renders the error as JSON when the client accepts JSON, as text otherwise.
+    pub(crate) fn to_response(&self, wants_json: bool) -> Response<ResponseBody> {
+        let message = self.to_string();
+        let (content_type, body) = if wants_json {
+            let body = serde_json::json!({
+                "error": message,
+                "code": self.code(),
+                "status": self.status().as_u16(),
+            });
+            ("application/json", format!("{body}\n"))
+        } else {
+            ("text/plain; charset=utf-8", format!("{message}\n"))
+        };
+        let mut response = Response::new(ResponseBody::full(body));
+        *response.status_mut() = self.status();
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if let Self::Unavailable { reason, .. } = self
+            && matches!(reason, Unavailable::AllAtHardLimit | Unavailable::QueueFull)
+        {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::Unavailable { .. }) && !response.headers().contains_key(RETRY_AFTER)
+        {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}

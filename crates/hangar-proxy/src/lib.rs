@@ -1,0 +1,31 @@
+//! Hangar's edge proxy: routes HTTP requests by Host to app machines.
+//!
+//! **API boundary:** the proxy consumes an immutable [`RoutingSnapshot`] published by the control
+//! plane ([`Proxy::publish`]) and answers the control plane's draining questions
+//! ([`Proxy::in_flight`], [`Proxy::wait_idle`]). It never reads the store, so it could run in its
+//! own process fed by a stream of snapshots.
+//!
+//! **Invariant:** the request path takes no lock shared with the control plane: it loads the
+//! snapshot with `ArcSwap::load` and updates per-machine atomics.
+//!
+//! Module map: [`snapshot`] (the input types), `balance` (compiled table, machine choice),
+//! `stats` (per-machine counters and upstream connection pools that survive snapshots),
+//! `proxy` (accept loop and request path), `body` (streaming bodies), `headers`
+//! (forwarding and hop-by-hop headers), [`error`] (errors answered by the proxy), `metrics`.
+#![forbid(unsafe_code)]
+
+mod balance;
+mod body;
+pub mod error;
+mod headers;
+mod metrics;
+mod proxy;
+pub mod snapshot;
+mod stats;
+
+pub use body::{BodyReadTimeout, ResponseBody, UpstreamBody};
+pub use error::{ProxyError, Unavailable};
+pub use proxy::{Proxy, ProxyOptions};
+pub use snapshot::{
+    AppRoute, Backend, BackendStatus, Concurrency, ConcurrencyKind, RoutingSnapshot,
+};
