@@ -9,6 +9,8 @@
 #   HANGAR_BIN           use this binary instead of building one
 #   ST_MAX_EXAMPLES      test cases per operation in the fuzzing phase (default 25)
 #   ST_REQUEST_TIMEOUT   seconds per request (default 20)
+#   ST_SCHEMA            test against this document instead of the one the server serves
+#                        (e.g. crates/hangar-control/openapi.json while editing it)
 #   ST_KEEP=1            keep the work directory (server log, reports) after the run
 #
 # What it does: builds the binary from the current tree, starts `hangar server` on
@@ -184,7 +186,7 @@ EOF
 
 echo "schemathesis.sh: running schemathesis (max $max_examples examples per operation)"
 SCHEMATHESIS_HOOKS=hooks PYTHONPATH=$work schemathesis --config-file "$work/schemathesis.toml" run \
-  "http://$addr/v1/openapi.json" \
+  "${ST_SCHEMA:-http://$addr/v1/openapi.json}" --url "http://$addr/" \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --exclude-name "POST /v1/images/pull" \

@@ -86,13 +86,14 @@ pub(super) async fn create(
     Path(app): Path<String>,
     JsonBody(input): JsonBody<LaunchInput>,
 ) -> ApiResult<Json<hangar_core::Machine>> {
-    if let Some(region) = &input.region {
-        if !region.is_empty() && region != &control.opts.region {
-            return Err(ApiError::Unprocessable(format!(
-                "region {region:?} is not served here: this host is region {:?}",
-                control.opts.region
-            )));
-        }
+    if let Some(region) = &input.region
+        && !region.is_empty()
+        && region != &control.opts.region
+    {
+        return Err(ApiError::Unprocessable(format!(
+            "region {region:?} is not served here: this host is region {:?}",
+            control.opts.region
+        )));
     }
     let rec = control
         .create_machine(
@@ -183,6 +184,21 @@ impl SignalArg {
     }
 }
 
+/// Longest grace period a stop or restart request may ask for (Fly's `kill_timeout` maximum).
+/// The request waits for the stop, so a longer one would hold the connection for as long.
+pub(super) const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn stop_timeout(d: Duration) -> ApiResult<Duration> {
+    if d > MAX_STOP_TIMEOUT {
+        return Err(ApiError::BadRequest(format!(
+            "stop timeout {} is longer than the maximum of {}: use at most \"5m\"",
+            GoDuration(d),
+            GoDuration(MAX_STOP_TIMEOUT)
+        )));
+    }
+    Ok(d)
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StopInput {
@@ -202,9 +218,8 @@ pub(super) async fn stop(
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
     };
     let signal = input.signal.as_ref().map(SignalArg::number).transpose()?;
-    control
-        .stop_machine(&app, &id, signal, input.timeout.map(|d| d.0))
-        .await?;
+    let timeout = input.timeout.map(|d| stop_timeout(d.0)).transpose()?;
+    control.stop_machine(&app, &id, signal, timeout).await?;
     Ok(Json(json!({ "ok": true })))
 }
 
@@ -232,6 +247,7 @@ pub(super) async fn restart(
                 .map(Duration::from_secs)
                 .or_else(|_| t.parse::<GoDuration>().map(|d| d.0))
                 .map_err(ApiError::BadRequest)
+                .and_then(stop_timeout)
         })
         .transpose()?;
     control.stop_machine(&app, &id, signal, timeout).await?;
