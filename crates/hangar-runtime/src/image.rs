@@ -394,6 +394,11 @@ impl ImageStore {
                 }
             }
         }
+        // Unpack every layer now: an unsafe or corrupt layer fails the import before any
+        // name becomes visible, and the first start of the image does not pay for unpacking.
+        for image in found {
+            self.unpack_image(&image.manifest_digest)?;
+        }
         self.update_index(|idx| {
             for (name, digest) in &named {
                 idx.images.insert(digest.clone());
@@ -411,6 +416,7 @@ impl ImageStore {
 
     /// Records one pulled image under `name`.
     pub(crate) fn record_image(&self, name: &str, manifest_digest: &str) -> Result<(), ImageError> {
+        self.unpack_image(manifest_digest)?;
         self.update_index(|idx| {
             idx.images.insert(manifest_digest.to_string());
             idx.tags
@@ -456,7 +462,24 @@ impl ImageStore {
                 }
             }
         };
-        let manifest = self.read_manifest(&manifest_digest)?;
+        let (config_digest, config, layers) = self.unpack_image(&manifest_digest)?;
+        Ok(ResolvedImage {
+            reference: reference.to_string(),
+            name,
+            manifest_digest,
+            config_digest,
+            config: image_config(&config),
+            layers,
+        })
+    }
+
+    /// Reads an image's config and makes sure every layer is unpacked (verifying each
+    /// diff_id and rejecting unsafe entries); returns the config and the layer dirs.
+    fn unpack_image(
+        &self,
+        manifest_digest: &str,
+    ) -> Result<(String, OciConfigFile, Vec<PathBuf>), ImageError> {
+        let manifest = self.read_manifest(manifest_digest)?;
         let config_digest = manifest.config.digest.clone();
         let config = self.read_config(&config_digest)?;
         let diff_ids = &config.rootfs.diff_ids;
@@ -473,14 +496,7 @@ impl ImageStore {
             .zip(diff_ids)
             .map(|(layer, diff_id)| self.ensure_layer(&layer.digest, diff_id))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ResolvedImage {
-            reference: reference.to_string(),
-            name,
-            manifest_digest,
-            config_digest,
-            config: image_config(&config),
-            layers,
-        })
+        Ok((config_digest, config, layers))
     }
 
     /// Returns the unpacked directory of a layer, unpacking it first if needed.

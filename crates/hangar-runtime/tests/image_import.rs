@@ -440,15 +440,20 @@ fn layout_with_diff_id(dir: &Path, tar: &[u8], diff_id: &str, name: &str) {
 }
 
 #[test]
-fn diff_id_mismatch_is_rejected_at_unpack_and_leaves_no_layer() {
+fn diff_id_mismatch_is_rejected_at_import_and_leaves_no_layer() {
     let env = Env::new();
     let tar = raw_tar(&[RawEntry::file("f", b"data")]).expect("tar");
     let claimed = sha(b"not the tar");
     layout_with_diff_id(&env.path("layout"), &tar, &claimed, "liar:1");
-    env.store
+    // Import unpacks every layer, so the lie is caught before the name becomes visible.
+    let err = env
+        .store
         .import_path(&env.path("layout"), None)
-        .expect("import verifies blobs only");
-    let err = env.store.resolve("liar:1").unwrap_err();
+        .unwrap_err();
+    assert!(matches!(
+        env.store.resolve("liar:1"),
+        Err(ImageError::NotFound(_))
+    ));
     assert!(
         matches!(err, ImageError::DigestMismatch { ref expected, .. } if *expected == claimed),
         "{err:?}"
@@ -471,11 +476,16 @@ fn unsafe_layer_is_rejected_through_the_store_with_nothing_written_outside() {
         .raw_layer(evil)
         .write_oci_archive(&env.path("evil.tar"), Some("evil"))
         .expect("write");
-    env.store
+    // Import unpacks every layer, so the unsafe one is refused and no name becomes visible.
+    let err = env
+        .store
         .import_path(&env.path("evil.tar"), None)
-        .expect("import");
-    let err = env.store.resolve("evil").unwrap_err();
+        .unwrap_err();
     assert!(matches!(err, ImageError::UnsafeEntry { .. }), "{err:?}");
+    assert!(matches!(
+        env.store.resolve("evil"),
+        Err(ImageError::NotFound(_))
+    ));
     assert!(err.to_string().contains("up/escaped"), "{err}");
     assert!(!env.dir.path().join("escaped").exists());
     assert!(!env.root().join("escaped").exists());
