@@ -12,8 +12,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod checks;
 pub mod error;
 pub mod supervisor;
 
 pub use error::ApiError;
-pub use supervisor::{Control, ControlOptions};
+pub use supervisor::{Control, ControlOptions, Drainer};

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hangar_core::machine::{
-    ExitEvent, ImageRef, MachineConfig, MachineEvent, MachineState, RestartPolicy,
+    CheckStatus, ExitEvent, ImageRef, MachineConfig, MachineEvent, MachineState, RestartPolicy,
 };
 use hangar_core::{InstanceId, Machine, MachineId};
 use hangar_net::{HostNet, MachineNetwork, NetPool, OrgNetwork};
@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::checks;
 use crate::error::{ApiError, ApiResult};
 
 /// Events returned inline with a machine.
@@ -63,11 +64,33 @@ pub struct Control {
     pub shutdown: CancellationToken,
     /// Background tasks (exit watchers, restarts).
     pub tasks: TaskTracker,
+    /// Latest check results per machine.
+    checks: Mutex<HashMap<MachineId, BTreeMap<String, CheckStatus>>>,
+    /// Machines being drained: out of routing, in-flight requests finishing.
+    draining: Mutex<BTreeSet<MachineId>>,
+    /// Bumped after every change that can affect routing (state, checks, draining).
+    routing: watch::Sender<u64>,
+    /// Drains a machine before it is signalled: waits until no request is in flight,
+    /// up to the given timeout. Set by the server when the proxy runs.
+    drainer: Mutex<Option<Arc<dyn Drainer>>>,
+    http: reqwest::Client,
+}
+
+/// Waits for a machine to have no request in flight (the edge proxy implements it).
+pub trait Drainer: Send + Sync {
+    /// Resolves `true` once idle, `false` at the timeout.
+    fn wait_idle(
+        &self,
+        machine_id: &str,
+        timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'static, bool>;
 }
 
 struct Slot {
     op: tokio::sync::Mutex<SlotInner>,
     state: watch::Sender<MachineState>,
+    /// Stops the checker of the current run.
+    checker: Mutex<Option<CancellationToken>>,
 }
 
 struct SlotInner {
@@ -157,14 +180,19 @@ impl Control {
             alloc_lock: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            checks: Mutex::new(HashMap::new()),
+            draining: Mutex::new(BTreeSet::new()),
+            routing: watch::channel(0).0,
+            drainer: Mutex::new(None),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap_or_default(),
         })
     }
 
     fn slot(&self, id: &MachineId, state: MachineState) -> Arc<Slot> {
-        let mut slots = self
-            .slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slots = lock(&self.slots);
         slots
             .entry(id.clone())
             .or_insert_with(|| {
@@ -174,6 +202,7 @@ impl Control {
                         requested_stop: false,
                     }),
                     state: watch::channel(state).0,
+                    checker: Mutex::new(None),
                 })
             })
             .clone()
@@ -215,7 +244,7 @@ impl Control {
             config: rec.config.clone(),
             image_ref: rec.image_ref.clone(),
             events,
-            checks: Vec::new(),
+            checks: self.check_statuses(&rec.id).into_values().collect(),
             host_status: "ok".to_owned(),
             app_name: rec.app.clone(),
         })
@@ -225,8 +254,155 @@ impl Control {
         rec.state = state;
         rec.updated_at = now_rfc3339();
         self.store.update_machine(rec).await?;
-        self.slot(&rec.id, state).state.send_replace(state);
+        let slot = self.slot(&rec.id, state);
+        if state != MachineState::Started {
+            stop_checker(&slot);
+            lock(&self.checks).remove(&rec.id);
+        }
+        slot.state.send_replace(state);
+        self.routing_changed();
         Ok(())
+    }
+
+    /// Signals that routing inputs changed.
+    fn routing_changed(&self) {
+        self.routing.send_modify(|v| *v += 1);
+    }
+
+    /// A receiver that changes whenever routing inputs change.
+    pub fn routing_updates(&self) -> watch::Receiver<u64> {
+        self.routing.subscribe()
+    }
+
+    /// Latest check results of a machine, by check name.
+    pub fn check_statuses(&self, id: &MachineId) -> BTreeMap<String, CheckStatus> {
+        lock(&self.checks).get(id).cloned().unwrap_or_default()
+    }
+
+    /// Whether a machine is being drained.
+    pub fn is_draining(&self, id: &MachineId) -> bool {
+        lock(&self.draining).contains(id)
+    }
+
+    /// Installs the drainer (the edge proxy).
+    pub fn set_drainer(&self, drainer: Arc<dyn Drainer>) {
+        *lock(&self.drainer) = Some(drainer);
+    }
+
+    /// Takes a machine out of routing and waits (up to `timeout`) for its in-flight requests.
+    async fn drain(&self, id: &MachineId, timeout: Duration) {
+        lock(&self.draining).insert(id.clone());
+        self.routing_changed();
+        let drainer = lock(&self.drainer).clone();
+        if let Some(d) = drainer {
+            let idle = d.wait_idle(id.as_str(), timeout).await;
+            if !idle {
+                tracing::warn!(machine_id = %id, ?timeout, "requests still in flight after the drain timeout");
+            }
+        }
+    }
+
+    fn undrain(&self, id: &MachineId) {
+        if lock(&self.draining).remove(id) {
+            self.routing_changed();
+        }
+    }
+
+    /// Starts the checker of a machine's current run (if it has checks).
+    fn spawn_checker(self: &Arc<Self>, rec: &MachineRecord) {
+        let specs = checks::check_specs(&rec.config);
+        let slot = self.slot(&rec.id, rec.state);
+        stop_checker(&slot);
+        if specs.is_empty() {
+            return;
+        }
+        let Some(ip) = rec.ipv4.as_deref().and_then(|s| s.parse::<IpAddr>().ok()) else {
+            return;
+        };
+        let token = self.shutdown.child_token();
+        *lock(&slot.checker) = Some(token.clone());
+        let now = now_rfc3339();
+        lock(&self.checks).insert(
+            rec.id.clone(),
+            specs
+                .iter()
+                .map(|s| {
+                    let st = CheckStatus {
+                        name: s.name.clone(),
+                        status: "critical".into(),
+                        output: "waiting for the first check".into(),
+                        updated_at: now.clone(),
+                    };
+                    (s.name.clone(), st)
+                })
+                .collect(),
+        );
+        let started = tokio::time::Instant::now();
+        for spec in specs {
+            let this = self.clone();
+            let id = rec.id.clone();
+            let token = token.clone();
+            self.tasks.spawn(async move {
+                let mut ever_passed = false;
+                loop {
+                    let result = checks::probe(&spec, ip, &this.http).await;
+                    if token.is_cancelled() {
+                        return;
+                    }
+                    let (status, output) = match result {
+                        Ok(out) => ("passing", out),
+                        Err(out) if started.elapsed() < spec.grace_period => ("warning", out),
+                        Err(out) => ("critical", out),
+                    };
+                    ever_passed |= status == "passing";
+                    this.record_check(&id, &spec.name, status, output).await;
+                    let wait = if ever_passed {
+                        spec.interval
+                    } else {
+                        spec.interval.min(checks::FAST_INTERVAL)
+                    };
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            });
+        }
+    }
+
+    async fn record_check(&self, id: &MachineId, name: &str, status: &str, output: String) {
+        let changed = {
+            let mut all = lock(&self.checks);
+            let Some(statuses) = all.get_mut(id) else {
+                return;
+            };
+            let entry = statuses
+                .entry(name.to_owned())
+                .or_insert_with(|| CheckStatus {
+                    name: name.to_owned(),
+                    status: String::new(),
+                    output: String::new(),
+                    updated_at: String::new(),
+                });
+            let changed = entry.status != status;
+            entry.status = status.to_owned();
+            entry.output = output.clone();
+            entry.updated_at = now_rfc3339();
+            changed
+        };
+        if changed {
+            self.record(
+                id,
+                event(
+                    "check",
+                    &format!("{name} {status}"),
+                    "hangar",
+                    Some(json!({ "check": name, "status": status, "output": output })),
+                ),
+            )
+            .await;
+            self.routing_changed();
+        }
     }
 
     async fn record(&self, id: &MachineId, ev: MachineEvent) {
@@ -351,10 +527,12 @@ impl Control {
         inner.requested_stop = false;
         match self.launch(rec, image).await {
             Ok(()) => {
+                self.undrain(&rec.id);
                 self.set_state(rec, MachineState::Started).await?;
                 self.record(&rec.id, event("start", "started", source, None))
                     .await;
                 self.spawn_watcher(rec.id.clone(), inner.run);
+                self.spawn_checker(rec);
                 Ok(())
             }
             Err(e) => {
@@ -671,10 +849,11 @@ impl Control {
             None => stop.signal_number()?,
         };
         let timeout = timeout.unwrap_or_else(|| stop.timeout());
-        self.runtime
-            .stop(&rec.id, signal, timeout)
-            .await
-            .map_err(ApiError::internal)?;
+        // Out of routing first; in-flight requests get up to the stop timeout to finish.
+        self.drain(&rec.id, timeout).await;
+        let stopped = self.runtime.stop(&rec.id, signal, timeout).await;
+        self.undrain(&rec.id);
+        stopped.map_err(ApiError::internal)?;
         // The exit watcher records the exit and the final state.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -748,10 +927,8 @@ impl Control {
         self.set_state(&mut rec, MachineState::Destroyed).await?;
         self.record(&rec.id, event("destroy", "destroyed", "user", None))
             .await;
-        self.slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&rec.id);
+        self.undrain(&rec.id);
+        lock(&self.slots).remove(&rec.id);
         Ok(())
     }
 
@@ -783,13 +960,13 @@ impl Control {
         req.config.validate(Some(self.opts.host_memory_mb))?;
         let image = self.resolve_image(&req.config.image).await?;
         let rec = self.machine_record(app, id).await?;
-        if let Some(v) = current_version {
-            if v != rec.instance_id.0 {
-                return Err(ApiError::Precondition(format!(
-                    "machine {} is at version {}, not {v}",
-                    rec.id, rec.instance_id
-                )));
-            }
+        if let Some(v) = current_version
+            && v != rec.instance_id.0
+        {
+            return Err(ApiError::Precondition(format!(
+                "machine {} is at version {}, not {v}",
+                rec.id, rec.instance_id
+            )));
         }
         let was_running = rec.state == MachineState::Started;
         if was_running {
@@ -855,6 +1032,7 @@ impl Control {
                     }
                     tracing::info!(machine_id = %rec.id, app = %rec.app, "adopted running machine");
                     self.spawn_watcher(rec.id.clone(), run);
+                    self.spawn_checker(&rec);
                 }
                 (MachineState::Started | MachineState::Stopping, HostState::Exited(exit)) => {
                     if rec.state == MachineState::Stopping {
@@ -872,10 +1050,7 @@ impl Control {
                         tracing::warn!(machine_id = %rec.id, error = %e, "could not finish an interrupted start");
                     }
                 }
-                (
-                    MachineState::Started | MachineState::Stopping,
-                    HostState::Absent | HostState::Exited(_),
-                ) => {
+                (MachineState::Started | MachineState::Stopping, HostState::Absent) => {
                     self.record(&rec.id, event("vanished", "stopped", "hangar", Some(json!({ "reason": "the machine was not running on the host when the server started" })))).await;
                     self.set_state(&mut rec, MachineState::Stopped)
                         .await
@@ -935,6 +1110,16 @@ impl Control {
                 .map_err(|e| anyhow::anyhow!("{e}"))??;
         }
         Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn stop_checker(slot: &Slot) {
+    if let Some(t) = lock(&slot.checker).take() {
+        t.cancel();
     }
 }
 

@@ -611,6 +611,8 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     // A blob whose digest does not match is rejected.
     let dir = s.data_dir().join("corrupt-layout");
     let built = hangar_runtime::image::build::busybox_image()
+        // A layer the store does not have yet (blobs already stored are not read again).
+        .file("unique", dir.to_string_lossy().as_bytes(), 0o644)
         .write_oci_layout_dir(&dir, Some("corrupt:latest"))
         .unwrap();
     let blob = dir

@@ -91,11 +91,11 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(addr) = std::fs::read_to_string(&ready) {
-                if !addr.is_empty() {
-                    self.url = format!("http://{}", addr.trim());
-                    break;
-                }
+            if let Ok(addr) = std::fs::read_to_string(&ready)
+                && !addr.is_empty()
+            {
+                self.url = format!("http://{}", addr.trim());
+                break;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("hangar server exited with {status}:\n{}", self.server_log());
