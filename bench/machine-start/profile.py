@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Where a Hangar machine start spends its time.
+
+Attaches `strace -f` to the running server, makes N create calls (each followed by an
+untimed destroy), and splits each call at the events strace saw between the request and
+the answer: the netns (unshare), the overlay mount, the shim's exec, `runc create`,
+`runc start`, the container's exec of its command. Prints the median of each phase.
+strace slows every traced syscall, so phases are inflated compared with the untraced
+run; read them as shares, not as absolute numbers.
+"""
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import Hangar  # noqa: E402
+
+LINE = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(.*)$")
+
+
+def parse(path):
+    """Yields (time, pid, syscall, text, duration) for each completed or started call."""
+    with open(path) as f:
+        for raw in f:
+            m = LINE.match(raw.rstrip("\n"))
+            if not m:
+                continue
+            pid, ts, rest = int(m.group(1)), float(m.group(2)), m.group(3)
+            if rest.startswith("<... "):
+                continue  # the resumed half; the start time is on the first half
+            name = rest.split("(", 1)[0]
+            dur = re.search(r"<(\d+\.\d+)>$", rest)
+            yield ts, pid, name, rest, float(dur.group(1)) if dur else 0.0
+
+
+def phases(events, t0, t1, shim_exe, container_cmd):
+    """Marks of one create call, as offsets in ms from the request."""
+    marks = {}
+    sync_s = 0.0
+    syncs = 0
+
+    def mark(key, ts):
+        marks.setdefault(key, (ts - t0) * 1000)
+
+    for ts, pid, name, text, dur in events:
+        if ts < t0 or ts > t1:
+            continue
+        if name in ("fsync", "fdatasync") and "shim" not in marks:
+            syncs += 1
+            sync_s += dur
+        elif name == "unshare" and "CLONE_NEWNET" in text:
+            mark("netns", ts)
+        elif name == "mount" and '"overlay"' in text:
+            mark("overlay", ts)
+        elif name == "execve" and text.startswith(f'execve("{shim_exe}"'):
+            mark("shim", ts)
+        elif name == "execve" and '"create"' in text:
+            mark("runc create", ts)
+        elif name == "execve" and '"start"' in text and "runc" in text:
+            mark("runc start", ts)
+        elif name == "execve" and text.startswith(f'execve("{container_cmd}"'):
+            mark("container exec", ts)
+    marks["answer"] = (t1 - t0) * 1000
+    return marks, syncs, sync_s * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--server-pid", type=int, required=True)
+    ap.add_argument("--shim-exe", required=True)
+    ap.add_argument("--container-cmd", default="/bin/httpd")
+    ap.add_argument("--hangar-addr", required=True)
+    ap.add_argument("--hangar-token-file", required=True)
+    ap.add_argument("--app", default="bench")
+    ap.add_argument("--image", default="hello:latest")
+    ap.add_argument("--log", required=True)
+    args = ap.parse_args()
+    with open(args.hangar_token_file) as f:
+        hangar = Hangar(args.hangar_addr, f.read().strip(), args.app, args.image)
+
+    strace = subprocess.Popen(
+        ["strace", "-f", "-ttt", "-T", "-s", "128", "-o", args.log,
+         "-e", "trace=execve,unshare,mount,fsync,fdatasync", "-p", str(args.server_pid)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # strace says "Process N attached" on stderr once it traces the server.
+        deadline = time.monotonic() + 30
+        line = b""
+        while b"attached" not in line:
+            if time.monotonic() > deadline or strace.poll() is not None:
+                raise RuntimeError("strace did not attach to the server")
+            line = strace.stderr.readline()
+        windows = []
+        for _ in range(args.rounds):
+            t0 = time.time()
+            _, mid = hangar.start()
+            t1 = time.time()
+            windows.append((t0, t1))
+            hangar.cleanup(mid)
+    finally:
+        strace.send_signal(signal.SIGINT)
+        try:
+            strace.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            strace.kill()
+            strace.wait(timeout=30)
+
+    events = list(parse(args.log))
+    rows = [phases(events, t0, t1, args.shim_exe, args.container_cmd) for t0, t1 in windows]
+    order = ["netns", "overlay", "shim", "runc create", "runc start", "container exec", "answer"]
+    print(f"Hangar create call under strace, {args.rounds} calls: median offset from the request (ms)")
+    print("| mark | median ms | phase before it, median ms |")
+    print("|---|---|---|")
+    prev = None
+    for key in order:
+        offs = [m[key] for m, _, _ in rows if key in m]
+        if not offs:
+            print(f"| {key} | not seen | |")
+            continue
+        if prev is None:
+            gaps = offs
+        else:
+            gaps = [m[key] - m[prev] for m, _, _ in rows if key in m and prev in m]
+        print(f"| {key} | {statistics.median(offs):.1f} | {statistics.median(gaps):.1f} |")
+        prev = key
+    syncs = [s for _, s, _ in rows]
+    sync_ms = [ms for _, _, ms in rows]
+    print(f"\nfsync/fdatasync before the shim's exec: median {statistics.median(syncs)} calls, "
+          f"{statistics.median(sync_ms):.1f} ms in total")
+
+
+if __name__ == "__main__":
+    main()
