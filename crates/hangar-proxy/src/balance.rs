@@ -134,3 +134,82 @@ impl CompiledApp {
         Err(NoPick::AllAtHardLimit)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::stats::StatsRegistry;
+
+    /// Builds an app whose machines carry `loads` in-flight requests each and picks one.
+    fn check(
+        loads: &[usize],
+        soft: Option<u32>,
+        hard: Option<u32>,
+        tried: &[usize],
+    ) -> Result<usize, NoPick> {
+        let registry = StatsRegistry::default();
+        let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
+        let queue = registry.queue("app");
+        let mut guards = Vec::new();
+        let eligible: Vec<CompiledBackend> = loads
+            .iter()
+            .enumerate()
+            .map(|(i, load)| {
+                let addr = SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16));
+                let stats = registry.machine("app", &format!("m{i}"), addr, true, &queue, || {
+                    metrics.in_flight_gauge("app", &format!("m{i}"))
+                });
+                for _ in 0..*load {
+                    guards.push(stats.try_acquire(None).unwrap());
+                }
+                CompiledBackend { addr, stats }
+            })
+            .collect();
+        let app = CompiledApp {
+            app: "app".to_owned(),
+            kind: ConcurrencyKind::Requests,
+            soft_limit: soft,
+            hard_limit: hard,
+            queue_timeout: Duration::from_secs(1),
+            eligible,
+            _others: Vec::new(),
+            unavailable: Unavailable::NoneStarted,
+            machines: loads.len(),
+            queue,
+            metrics: metrics.app("app"),
+        };
+        let picked = app.pick(tried).map(|(index, _guard)| index);
+        drop(guards);
+        picked
+    }
+
+    #[test]
+    fn picks_by_load_bucket_then_least_load() {
+        // Least outstanding requests.
+        assert_eq!(check(&[3, 1, 2], None, None, &[]), Ok(1));
+        // Below the soft limit is preferred; over it only when every machine is.
+        assert_eq!(check(&[5, 2], Some(2), None, &[]), Ok(1));
+        assert_eq!(check(&[5, 3], Some(2), None, &[]), Ok(1));
+        // At the hard limit a machine is not used; when all are, the request may queue.
+        assert_eq!(check(&[2, 1], Some(1), Some(2), &[]), Ok(1));
+        assert_eq!(
+            check(&[2, 2], Some(1), Some(2), &[]),
+            Err(NoPick::AllAtHardLimit)
+        );
+        // Tried machines are skipped; when every machine was tried, nothing is left.
+        assert_eq!(check(&[0, 5], None, None, &[0]), Ok(1));
+        assert_eq!(check(&[0, 5], None, None, &[0, 1]), Err(NoPick::Exhausted));
+        assert_eq!(check(&[], None, None, &[]), Err(NoPick::Exhausted));
+    }
+
+    #[test]
+    fn unavailable_reason_names_the_most_useful_cause() {
+        use BackendStatus::*;
+        let reason = |s: &[BackendStatus]| CompiledApp::unavailable_reason(s.iter().copied());
+        assert_eq!(reason(&[]), Unavailable::NoneStarted);
+        assert_eq!(reason(&[NotStarted]), Unavailable::NoneStarted);
+        assert_eq!(reason(&[NotStarted, Unhealthy]), Unavailable::NoneHealthy);
+        assert_eq!(reason(&[Draining, NotStarted]), Unavailable::AllDraining);
+    }
+}

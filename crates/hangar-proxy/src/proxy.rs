@@ -532,7 +532,19 @@ impl Proxy {
                     }
                 },
             };
-            if sender.ready().await.is_err() {
+            if let Err(err) = sender.ready().await {
+                // A pooled connection the machine closed while idle: take another one. A fresh
+                // connection that dies at once counts against the unsent-attempt budget.
+                if !reused {
+                    fresh_unsent += 1;
+                    if fresh_unsent > 3 {
+                        return Err(ProxyError::UpstreamFailed {
+                            app: app.app.clone(),
+                            machine_id: backend.stats.machine_id.clone(),
+                            detail: error_chain(&err),
+                        });
+                    }
+                }
                 continue;
             }
             let sent =
