@@ -4,7 +4,7 @@
 //!
 //! On disk, per machine, `<root>/<id>/`: `config.json`, `rootfs/` (the overlay mount),
 //! `upper/`, `work/`, `shim.json`, `shim.pid`, `init.pid`, `exit.json`, `shim.log`,
-//! `runc.log` and `logs/`. runc's own state is under `runc_root/<id>/`.
+//! and `logs/`. runc's own state is under `runc_root/<id>/`.
 //!
 //! **Invariant:** the server never holds a container's pipes; the shim does. Killing the
 //! server stops no machine and loses no log line, and everything the server needs to
