@@ -14,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod checks;
 pub mod error;
+pub mod routing;
 pub mod supervisor;
 
 pub use error::ApiError;

@@ -263,9 +263,8 @@ impl Control {
         self.routing_changed();
         Ok(())
     }
-
-    /// Signals that routing inputs changed.
-    fn routing_changed(&self) {
+    /// Signals that routing inputs changed (machine states, checks, draining, apps).
+    pub fn routing_changed(&self) {
         self.routing.send_modify(|v| *v += 1);
     }
 

@@ -38,7 +38,17 @@ pub struct ServerArgs {
     /// IPv6 pool for machines (a /48 per organization).
     #[arg(long, env = "HANGAR_IPV6_POOL", default_value = "fdaa::/16")]
     pub ipv6_pool: String,
-    /// Write the API's bound address to this file once listening (for scripts and tests using port 0).
+    /// Address of the edge proxy: apps are served at `http://<app>.<domain>`.
+    #[arg(long, env = "HANGAR_HTTP_LISTEN", default_value = "0.0.0.0:80")]
+    pub http_listen: SocketAddr,
+    /// Base domain of apps (`localhost` resolves to loopback with no DNS set-up).
+    #[arg(long, env = "HANGAR_DOMAIN", default_value = "localhost")]
+    pub domain: String,
+    /// Log one line per proxied request.
+    #[arg(long, env = "HANGAR_ACCESS_LOG")]
+    pub access_log: bool,
+    /// Once listening, write the API's bound address (line 1) and the proxy's (line 2) to
+    /// this file (for scripts and tests using port 0).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
 }
@@ -222,11 +232,62 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (is another hangar server running? choose another with --api-listen)", args.api_listen))?;
     let bound = listener.local_addr()?;
-    tracing::info!(%bound, data_dir = %data.display(), "hangar server ready");
+    let http_listener = tokio::net::TcpListener::bind(args.http_listen).await.with_context(|| {
+        format!("cannot listen on {} for the edge proxy (port in use, or not root for port 80? choose another with --http-listen)", args.http_listen)
+    })?;
+    let http_bound = http_listener.local_addr()?;
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let proxy = hangar_proxy::Proxy::new(
+        hangar_proxy::ProxyOptions {
+            listen: http_bound,
+            access_log: args.access_log,
+            region: args.region.clone(),
+            ..Default::default()
+        },
+        &mut registry,
+    );
+    control.set_drainer(Arc::new(ProxyDrainer(proxy.clone())));
+    publish_routes(&control, &proxy, &args.domain).await;
+    control.tasks.spawn(routing_publisher(
+        control.clone(),
+        proxy.clone(),
+        args.domain.clone(),
+    ));
+    control
+        .tasks
+        .spawn(proxy.clone().serve(http_listener, control.shutdown.clone()));
+
+    tracing::info!(api = %bound, http = %http_bound, domain = %args.domain, data_dir = %data.display(), "hangar server ready");
     if let Some(path) = &args.ready_file {
-        std::fs::write(path, bound.to_string())?;
+        std::fs::write(path, format!("{bound}\n{http_bound}\n"))?;
     }
-    let app = hangar_control::api::router(control.clone());
+    let registry = Arc::new(registry);
+    let metrics = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut text = String::new();
+                match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                    Ok(()) => (
+                        axum::http::StatusCode::OK,
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    ),
+                    Err(e) => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [(axum::http::header::CONTENT_TYPE, "text/plain")],
+                        e.to_string(),
+                    ),
+                }
+            }
+        }),
+    );
+    let app = hangar_control::api::router(control.clone()).merge(metrics);
     let shutdown = control.shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -239,6 +300,43 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), control.tasks.wait()).await;
     store.close().await;
     Ok(())
+}
+
+/// Drains machines through the edge proxy.
+struct ProxyDrainer(Arc<hangar_proxy::Proxy>);
+
+impl hangar_control::Drainer for ProxyDrainer {
+    fn wait_idle(
+        &self,
+        machine_id: &str,
+        timeout: std::time::Duration,
+    ) -> futures_util::future::BoxFuture<'static, bool> {
+        let proxy = self.0.clone();
+        let id = machine_id.to_owned();
+        Box::pin(async move { proxy.wait_idle(&id, timeout).await })
+    }
+}
+
+async fn publish_routes(control: &Control, proxy: &hangar_proxy::Proxy, domain: &str) {
+    let version = *control.routing_updates().borrow();
+    match control.routing_snapshot(version, domain).await {
+        Ok(snapshot) => proxy.publish(snapshot),
+        Err(e) => tracing::error!(error = %e, "could not build the routing snapshot"),
+    }
+}
+
+/// Rebuilds and publishes the routing snapshot after every routing-relevant change.
+/// Changes that arrive while a snapshot is being built are folded into the next one.
+async fn routing_publisher(control: Arc<Control>, proxy: Arc<hangar_proxy::Proxy>, domain: String) {
+    let mut updates = control.routing_updates();
+    loop {
+        tokio::select! {
+            () = control.shutdown.cancelled() => return,
+            changed = updates.changed() => if changed.is_err() { return },
+        }
+        updates.borrow_and_update();
+        publish_routes(&control, &proxy, &domain).await;
+    }
 }
 
 async fn shutdown_signal() {

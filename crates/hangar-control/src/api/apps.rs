@@ -82,6 +82,7 @@ pub(super) async fn create(
         control.store.get_org(&org_slug).await?
     };
     let app = control.store.create_app(&name, &org).await?;
+    control.routing_changed();
     Ok((StatusCode::CREATED, Json(view(&control, &app).await?)))
 }
 
@@ -110,5 +111,6 @@ pub(super) async fn delete(
         control.destroy_machine(&app, m.id.as_str(), true).await?;
     }
     control.store.delete_app(&app).await?;
+    control.routing_changed();
     Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))))
 }

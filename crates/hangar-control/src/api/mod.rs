@@ -77,6 +77,18 @@ pub fn router(control: Arc<Control>) -> Router {
             }),
         )
         .merge(authed)
+        // Errors are JSON, also for a known path with a method it does not serve
+        // (axum's default is an empty 405). Must come after the routes it applies to.
+        .method_not_allowed_fallback(|req: Request| async move {
+            (
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                Json(serde_json::json!({ "error": format!(
+                    "{} is not allowed on {}: see GET /v1/openapi.json for its methods",
+                    req.method(),
+                    req.uri().path()
+                ) })),
+            )
+        })
         .fallback(|req: Request| async move {
             ApiError::NotFound(format!(
                 "no route for {} {}: see GET /v1/openapi.json",

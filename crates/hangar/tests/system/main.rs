@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod support;
+mod proxy;
 
 use std::path::Path;
 use std::process::Command;

@@ -4,7 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,8 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub url: String,
     pub token: String,
-    log: PathBuf,
+    /// The edge proxy's address.
+    pub http: std::net::SocketAddr,
 }
 
 impl Server {
@@ -48,7 +49,7 @@ impl Server {
             dir,
             url: String::new(),
             token: String::new(),
-            log: PathBuf::new(),
+            http: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         s.spawn();
         s
@@ -61,10 +62,6 @@ impl Server {
     fn spawn(&mut self) {
         let ready = self.dir.path().join("ready");
         let _ = std::fs::remove_file(&ready);
-        self.log = self.dir.path().join(format!(
-            "server-{}.log",
-            Instant::now().elapsed().as_nanos()
-        ));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -75,6 +72,8 @@ impl Server {
             .arg(self.dir.path())
             .args([
                 "--api-listen",
+                "127.0.0.1:0",
+                "--http-listen",
                 "127.0.0.1:0",
                 "--ipv4-pool",
                 IPV4_POOL,
@@ -91,10 +90,11 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(addr) = std::fs::read_to_string(&ready)
-                && !addr.is_empty()
+            if let Ok(text) = std::fs::read_to_string(&ready)
+                && let [api, http] = text.lines().collect::<Vec<_>>()[..]
             {
-                self.url = format!("http://{}", addr.trim());
+                self.url = format!("http://{api}");
+                self.http = http.parse().unwrap();
                 break;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -312,4 +312,52 @@ pub fn httpd_image() -> hangar_runtime::image::build::OciArchiveBuilder {
         .file("www/index.html", b"hello from hangar\n", 0o644)
         .entrypoint(["/bin/httpd", "-f", "-v", "-p", "8080", "-h", "/www"])
         .cmd(Vec::<String>::new())
+}
+
+/// The static test app, built by `scripts/build-testapp.sh` (run here if `HANGAR_TESTAPP`
+/// does not name it already; the build is cached).
+pub fn testapp_binary() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("HANGAR_TESTAPP") {
+        return p.into();
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/build-testapp.sh"
+    );
+    let out = Command::new("bash").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "build-testapp.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().into()
+}
+
+/// busybox plus the test app at `/bin/hangar-testapp` as the entrypoint.
+pub fn testapp_image() -> hangar_runtime::image::build::OciArchiveBuilder {
+    hangar_runtime::image::build::busybox_image()
+        .host_file("bin/hangar-testapp", &testapp_binary(), 0o755)
+        .entrypoint(["/bin/hangar-testapp"])
+        .cmd(Vec::<String>::new())
+}
+
+/// One request through the edge proxy with `Host: <host>`: (status, body). Status 0 is a
+/// connection-level failure.
+pub fn through_proxy(proxy: std::net::SocketAddr, host: &str, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "15",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("Host: {host}"),
+        ])
+        .arg(format!("http://{proxy}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }

@@ -1,0 +1,172 @@
+//! The edge proxy inside a real server: routing by Host to healthy machines, draining.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Server, eventually, testapp_image, through_proxy};
+
+fn http_config(extra_env: &[(&str, &str)], exec: Option<&str>) -> Value {
+    let env: serde_json::Map<String, Value> = extra_env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!(v)))
+        .collect();
+    let mut config = json!({
+        "image": "testapp:latest",
+        "env": env,
+        "services": [{
+            "protocol": "tcp",
+            "internal_port": 8080,
+            "ports": [{"port": 80, "handlers": ["http"]}],
+            "checks": [{"type": "http", "path": "/health", "interval": "1s", "timeout": "1s"}]
+        }]
+    });
+    if let Some(cmd) = exec {
+        config["init"] = json!({"exec": ["/bin/sh", "-c", cmd]});
+    }
+    config
+}
+
+fn create(s: &Server, app: &str, name: &str, config: Value) -> String {
+    let body = json!({"name": name, "config": config}).to_string();
+    let (code, m) = s.api("POST", &format!("/v1/apps/{app}/machines"), Some(&body));
+    assert_eq!(code, 200, "{m}\n{}", s.server_log());
+    m["id"].as_str().unwrap().to_owned()
+}
+
+fn served_by(s: &Server, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let (code, body) = through_proxy(s.http, "edge.localhost", "/");
+            assert_eq!(code, 200, "{body}");
+            body.split_whitespace()
+                .nth(2)
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn routes_by_host_to_healthy_machines_and_drains_without_errors() {
+    require_root!();
+    let s = Server::start();
+    s.import(&testapp_image(), "testapp:latest");
+    s.ok(&["apps", "create", "edge"]);
+
+    // Unknown host and no machine yet: readable errors.
+    let (code, body) = through_proxy(s.http, "nope.localhost", "/");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("nope.localhost"), "{body}");
+    let (code, body) = through_proxy(s.http, "edge.localhost", "/");
+    assert_eq!(code, 503, "{body}");
+
+    let m1 = create(&s, "edge", "m1", http_config(&[], None));
+    let m2 = create(&s, "edge", "m2", http_config(&[], None));
+    // The third machine fails its check for its first 4 seconds, then passes.
+    let m3 = create(
+        &s,
+        "edge",
+        "m3",
+        http_config(
+            &[],
+            Some("touch /tmp/unhealthy; (sleep 4; rm /tmp/unhealthy) & exec /bin/hangar-testapp"),
+        ),
+    );
+
+    // Both healthy machines get traffic (least outstanding spreads sequential requests), the sick one none.
+    let seen: BTreeSet<String> = eventually(
+        Duration::from_secs(10),
+        "both healthy machines to serve",
+        || {
+            let seen: BTreeSet<String> = served_by(&s, 20).into_iter().collect();
+            (seen.len() >= 2).then_some(seen)
+        },
+    );
+    assert!(seen.contains(&m1) && seen.contains(&m2), "{seen:?}");
+    assert!(
+        !seen.contains(&m3),
+        "the unhealthy machine got traffic: {seen:?}"
+    );
+    let (_, m) = s.api("GET", &format!("/v1/apps/edge/machines/{m3}"), None);
+    assert_eq!(m["checks"][0]["status"], "critical", "{m}");
+
+    // Once its check passes it joins within about one check interval.
+    eventually(
+        Duration::from_secs(10),
+        "the recovered machine to get traffic",
+        || served_by(&s, 12).contains(&m3).then_some(()),
+    );
+    let (_, m) = s.api("GET", &format!("/v1/apps/edge/machines/{m3}"), None);
+    assert_eq!(m["checks"][0]["status"], "passing", "{m}");
+
+    // Stop m1 while a bounded load runs and a slow request is in flight on it: zero errors.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let (stop, failures, proxy) = (stop.clone(), failures.clone(), s.http);
+        workers.push(std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let (code, body) = through_proxy(proxy, "edge.localhost", "/");
+                if code != 200 {
+                    failures.lock().unwrap().push(format!("{code} {body}"));
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let proxy = s.http;
+            std::thread::spawn(move || through_proxy(proxy, "edge.localhost", "/slow?ms=2000"))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    s.ok(&["machine", "stop", &m1, "--app", "edge"]);
+    let stop_took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let total: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    for h in slow {
+        let (code, body) = h.join().unwrap();
+        assert_eq!(code, 200, "a slow in-flight request failed: {body}");
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed during the stop: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        total > 20,
+        "the load was too small to mean anything: {total}"
+    );
+    assert!(
+        stop_took < Duration::from_secs(10),
+        "stop took {stop_took:?}"
+    );
+    let after: BTreeSet<String> = served_by(&s, 10).into_iter().collect();
+    assert!(
+        !after.contains(&m1),
+        "the stopped machine still gets traffic: {after:?}"
+    );
+
+    // Metrics on the API listener.
+    let metrics = std::process::Command::new("curl")
+        .args(["-sS", &format!("{}/metrics", s.url)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        text.contains("edge"),
+        "metrics have no series for the app: {text}"
+    );
+}
