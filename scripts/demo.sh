@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The demo: installs what is needed, builds Hangar, starts `hangar server` in the background,
-# imports the example image (built offline from busybox-static), runs a machine and curls it.
+# The demo: installs what is needed, builds Hangar, starts `hangar server` in the background
+# (API on 127.0.0.1:4280, edge proxy on :80), imports the example image (built offline from
+# busybox-static), runs a machine that serves HTTP, and curls it through the proxy at
+# http://hello.localhost/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -31,8 +33,16 @@ trap 'rm -rf "$image_dir"' EXIT
 for id in $("$hangar" machine list --app hello --json | jq -r '.[].id'); do
   "$hangar" machine destroy "$id" --app hello --force >/dev/null
 done
-echo "==> hangar machine run hello --app hello"
-"$hangar" machine run hello:latest --app hello --name web
+echo "==> hangar machine run hello:latest --app hello --port 80:8080/tcp:http"
+"$hangar" machine run hello:latest --app hello --name web --port 80:8080/tcp:http
 ip=$("$hangar" machine list --app hello --json | jq -r '.[0].private_ipv4')
-echo "==> curl http://$ip:8080/"
-curl -fsS "http://$ip:8080/"
+echo "==> the machine answers on its private address: curl http://$ip:8080/"
+curl -fsS "http://$ip:8080/" >/dev/null
+echo "==> and through the edge proxy:"
+echo "URL: http://hello.localhost/"
+for _ in $(seq 1 50); do
+  curl -fsS --resolve hello.localhost:80:127.0.0.1 http://hello.localhost/ >/dev/null 2>&1 && break
+  sleep 0.1
+done
+echo "==> curl http://hello.localhost/"
+curl -fsS --resolve hello.localhost:80:127.0.0.1 http://hello.localhost/
