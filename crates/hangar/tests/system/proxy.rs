@@ -30,7 +30,7 @@ fn http_config(extra_env: &[(&str, &str)], exec: Option<&str>) -> Value {
     config
 }
 
-fn create(s: &Server, app: &str, name: &str, config: Value) -> String {
+fn create(s: &Server, app: &str, name: &str, config: &Value) -> String {
     let body = json!({"name": name, "config": config}).to_string();
     let (code, m) = s.api("POST", &format!("/v1/apps/{app}/machines"), Some(&body));
     assert_eq!(code, 200, "{m}\n{}", s.server_log());
@@ -64,14 +64,14 @@ fn routes_by_host_to_healthy_machines_and_drains_without_errors() {
     let (code, body) = through_proxy(s.http, "edge.localhost", "/");
     assert_eq!(code, 503, "{body}");
 
-    let m1 = create(&s, "edge", "m1", http_config(&[], None));
-    let m2 = create(&s, "edge", "m2", http_config(&[], None));
+    let m1 = create(&s, "edge", "m1", &http_config(&[], None));
+    let m2 = create(&s, "edge", "m2", &http_config(&[], None));
     // The third machine fails its check for its first 4 seconds, then passes.
     let m3 = create(
         &s,
         "edge",
         "m3",
-        http_config(
+        &http_config(
             &[],
             Some("touch /tmp/unhealthy; (sleep 4; rm /tmp/unhealthy) & exec /bin/hangar-testapp"),
         ),
