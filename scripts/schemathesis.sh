@@ -119,11 +119,13 @@ done
 for app in st-app st-doomed; do
   api POST /v1/apps -H 'Content-Type: application/json' -d "{\"app_name\": \"$app\"}" >/dev/null
 done
-# The main machine answers stop signals at once, so stops and restarts are quick.
+# The machines exit on any catchable signal (a shell as PID 1 ignores the ones it does not
+# trap), so fuzzed stops and restarts finish at once instead of waiting out their grace
+# period; `always` brings them back after a fuzzed signal.
 launch() { # NAME: creates a started machine, prints its id.
   jq -n --arg image "$image" --arg name "$1" '{name: $name, config: {image: $image,
-    init: {exec: ["/bin/sh", "-c", "trap \"exit 0\" INT TERM; while :; do sleep 1; done"]},
-    restart: {policy: "no"}, stop_config: {timeout: "2s"}}}' |
+    init: {exec: ["/bin/sh", "-c", "trap \"exit 0\" HUP INT QUIT ILL TRAP ABRT FPE USR1 SEGV USR2 PIPE ALRM TERM; while :; do sleep 1; done"]},
+    restart: {policy: "always"}, stop_config: {timeout: "2s"}}}' |
     api POST /v1/apps/st-app/machines -H 'Content-Type: application/json' -d @- | jq -r .id
 }
 main_id=$(launch st-main)

@@ -373,15 +373,15 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec<
         }
         return;
     }
-    if let Some(c) = schema.get("const") {
-        if c != value {
-            errors.push(format!("{at}: {value} is not {c}"));
-        }
+    if let Some(c) = schema.get("const")
+        && c != value
+    {
+        errors.push(format!("{at}: {value} is not {c}"));
     }
-    if let Some(e) = schema.get("enum") {
-        if !e.as_array().unwrap().contains(value) {
-            errors.push(format!("{at}: {value} is not one of {e}"));
-        }
+    if let Some(e) = schema.get("enum")
+        && !e.as_array().unwrap().contains(value)
+    {
+        errors.push(format!("{at}: {value} is not one of {e}"));
     }
     let actual = match value {
         Value::Null => "null",
@@ -401,12 +401,11 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec<
         errors.push(format!("{at}: {actual} where the schema says {allowed:?}"));
         return;
     }
-    if let Some(n) = value.as_f64() {
-        if schema["minimum"].as_f64().is_some_and(|m| n < m)
-            || schema["maximum"].as_f64().is_some_and(|m| n > m)
-        {
-            errors.push(format!("{at}: {n} is out of range"));
-        }
+    if let Some(n) = value.as_f64()
+        && (schema["minimum"].as_f64().is_some_and(|m| n < m)
+            || schema["maximum"].as_f64().is_some_and(|m| n > m))
+    {
+        errors.push(format!("{at}: {n} is out of range"));
     }
     match value {
         Value::Array(items) => {
