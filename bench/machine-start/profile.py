@@ -1,15 +1,23 @@
 #!/usr/bin/env python3
-"""Where a Hangar machine start spends its time.
+"""Where a Hangar machine start spends its time, in two ways.
 
-Attaches `strace -f` to the running server, makes N create calls (each followed by an
+Untraced: N create calls, each split at the shim's own timestamped log lines in the
+machine directory, read before the machine is destroyed: `shim ... starting` (everything
+the server does before it: validation, the store, addresses, netns, overlay, bundle, the
+shim's exec), `runc run`, `started` (runc returned). This costs nothing extra. (File
+mtimes would not do: ext4 stamps them from a coarse clock, a few ms behind.)
+
+Traced: attaches `strace -f` to the running server, makes N create calls (each followed by an
 untimed destroy), and splits each call at the events strace saw between the request and
-the answer: the netns (unshare), the overlay mount, the shim's exec, `runc create`,
-`runc start`, the container's exec of its command. Prints the median of each phase.
+the answer: the netns (unshare), the overlay mount, the shim's exec, runc's exec
+(`run --detach`, or `create` then `start`), `runc init`, the container's exec of its
+command. Prints the median of each phase.
 strace slows every traced syscall, so phases are inflated compared with the untraced
 run; read them as shares, not as absolute numbers.
 """
 
 import argparse
+import calendar
 import os
 import re
 import signal
@@ -60,8 +68,10 @@ def phases(events, t0, t1, shim_exe, container_cmd):
             mark("overlay", ts)
         elif name == "execve" and text.startswith(f'execve("{shim_exe}"'):
             mark("shim", ts)
-        elif name == "execve" and '"create"' in text:
-            mark("runc create", ts)
+        elif name == "execve" and "runc" in text and ('"run"' in text or '"create"' in text):
+            mark("runc run/create", ts)
+        elif name == "execve" and '"init"' in text and "runc" in text:
+            mark("runc init", ts)
         elif name == "execve" and '"start"' in text and "runc" in text:
             mark("runc start", ts)
         elif name == "execve" and text.startswith(f'execve("{container_cmd}"'):
@@ -70,9 +80,51 @@ def phases(events, t0, t1, shim_exe, container_cmd):
     return marks, syncs, sync_s * 1000
 
 
+def parse_rfc3339(ts):
+    """Seconds since the epoch of `2026-01-02T03:04:05.123456789Z` (nanoseconds kept)."""
+    whole, _, frac = ts.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+
+
+def dir_marks(machine_dir, t0, t1):
+    """Offsets in ms from the request of what the machine directory recorded."""
+    marks = {}
+    with open(os.path.join(machine_dir, "shim.log")) as f:
+        for line in f:
+            ts, _, msg = line.rstrip("\n").partition(" ")
+            if msg.startswith("shim ") and "starting" in msg:
+                marks.setdefault("shim running", parse_rfc3339(ts))
+            elif msg == "runc run" or msg.startswith("runc create"):
+                marks.setdefault("runc invoked", parse_rfc3339(ts))
+            elif msg.startswith("started"):
+                marks.setdefault("runc returned", parse_rfc3339(ts))
+    marks = {k: (v - t0) * 1000 for k, v in marks.items()}
+    marks["answer"] = (t1 - t0) * 1000
+    return marks
+
+
+def print_marks(title, rows, order):
+    print(title)
+    print("| mark | median ms from the request | phase before it, median ms |")
+    print("|---|---|---|")
+    prev = None
+    for key in order:
+        offs = [m[key] for m in rows if key in m]
+        if not offs:
+            print(f"| {key} | not seen | |")
+            continue
+        if prev is None:
+            gaps = offs
+        else:
+            gaps = [m[key] - m[prev] for m in rows if key in m and prev in m]
+        print(f"| {key} | {statistics.median(offs):.1f} | {statistics.median(gaps):.1f} |")
+        prev = key
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--machines-dir", required=True, help="<data dir>/machines of the server")
     ap.add_argument("--server-pid", type=int, required=True)
     ap.add_argument("--shim-exe", required=True)
     ap.add_argument("--container-cmd", default="/bin/httpd")
@@ -85,7 +137,19 @@ def main():
     with open(args.hangar_token_file) as f:
         hangar = Hangar(args.hangar_addr, f.read().strip(), args.app, args.image)
 
+    rows = []
+    for _ in range(args.rounds):
+        t0 = time.time()
+        _, mid = hangar.start()
+        t1 = time.time()
+        rows.append(dir_marks(os.path.join(args.machines_dir, mid), t0, t1))
+        hangar.cleanup(mid)
+    print_marks(f"Hangar create call, untraced, {args.rounds} calls (shim log timestamps)",
+                rows, ["shim running", "runc invoked", "runc returned", "answer"])
+    print()
+
     strace = subprocess.Popen(
+        # (--seccomp-bpf, which would stop only the traced calls, does not work with -p.)
         ["strace", "-f", "-ttt", "-T", "-s", "128", "-o", args.log,
          "-e", "trace=execve,unshare,mount,fsync,fdatasync", "-p", str(args.server_pid)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -113,25 +177,13 @@ def main():
             strace.wait(timeout=30)
 
     events = list(parse(args.log))
-    rows = [phases(events, t0, t1, args.shim_exe, args.container_cmd) for t0, t1 in windows]
-    order = ["netns", "overlay", "shim", "runc create", "runc start", "container exec", "answer"]
-    print(f"Hangar create call under strace, {args.rounds} calls: median offset from the request (ms)")
-    print("| mark | median ms | phase before it, median ms |")
-    print("|---|---|---|")
-    prev = None
-    for key in order:
-        offs = [m[key] for m, _, _ in rows if key in m]
-        if not offs:
-            print(f"| {key} | not seen | |")
-            continue
-        if prev is None:
-            gaps = offs
-        else:
-            gaps = [m[key] - m[prev] for m, _, _ in rows if key in m and prev in m]
-        print(f"| {key} | {statistics.median(offs):.1f} | {statistics.median(gaps):.1f} |")
-        prev = key
-    syncs = [s for _, s, _ in rows]
-    sync_ms = [ms for _, _, ms in rows]
+    traced = [phases(events, t0, t1, args.shim_exe, args.container_cmd) for t0, t1 in windows]
+    print_marks(f"Hangar create call under strace -f, {args.rounds} calls (inflated: shares only)",
+                [m for m, _, _ in traced],
+                ["netns", "overlay", "shim", "runc run/create", "runc init", "runc start",
+                 "container exec", "answer"])
+    syncs = [n for _, n, _ in traced]
+    sync_ms = [ms for _, _, ms in traced]
     print(f"\nfsync/fdatasync before the shim's exec: median {statistics.median(syncs)} calls, "
           f"{statistics.median(sync_ms):.1f} ms in total")
 

@@ -80,10 +80,13 @@ cleanup() {
     [ -n "$ids" ] && "$docker" rm -f $ids >/dev/null
     stop_pid "$dockerd_pid"
   fi
-  # Bridges that appeared during the run (ours, Hangar's organization bridge, docker0
-  # of the dockerd we started) go; bridges that were there before stay.
+  # Bridges that appeared during the run and have no ports left (ours, the organization
+  # bridge our server made, docker0 of the dockerd we started) go; bridges that were
+  # there before, or that another Hangar on this host still uses, stay.
   for b in $(comm -13 <(echo "$bridges_before") <(ip -o link show type bridge | awk -F': ' '{print $2}' | sort)); do
-    case $b in hgbench0|hgbr*|docker0) ip link del "$b" ;; esac
+    case $b in
+      hgbench0 | hgbr* | docker0) [ -z "$(ip -o link show master "$b")" ] && ip link del "$b" ;;
+    esac
   done
   # Anything still mounted under the work dir (a failed start) is unmounted before removal.
   grep -o " $work[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done
@@ -190,7 +193,7 @@ profile=${HGB_PROFILE:-10}
 if [ "$profile" -gt 0 ]; then
   echo
   python3 "$here/profile.py" --rounds "$profile" --server-pid "$server_pid" \
-    --shim-exe "$(readlink -f "$HANGAR_BIN")" --hangar-addr "$addr" \
+    --shim-exe "$(readlink -f "$HANGAR_BIN")" --hangar-addr "$addr" --machines-dir "$work/hangar/machines" \
     --hangar-token-file "$work/hangar/admin-token" --app bench --image hello:latest \
     --log "$out/machine-start.strace"
 fi
