@@ -94,16 +94,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$hangar" server --data-dir "$data" --api-listen 127.0.0.1:0 --ready-file "$work/ready" \
-  --ipv4-pool 172.31.0.0/16 --ipv6-pool fdac::/16 >"$work/server.log" 2>&1 &
+"$hangar" server --data-dir "$data" --api-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+  --ready-file "$work/ready" --ipv4-pool 172.31.0.0/16 --ipv6-pool fdac::/16 >"$work/server.log" 2>&1 &
 server_pid=$!
+# The ready file holds the API's address on line 1 (and the proxy's on line 2).
 for _ in $(seq 1 300); do
-  [ -s "$work/ready" ] && break
+  [ -s "$work/ready" ] && [ "$(wc -l <"$work/ready")" -ge 1 ] && break
   kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; echo "schemathesis.sh: the server exited" >&2; exit 1; }
   sleep 0.1
 done
 [ -s "$work/ready" ] || { echo "schemathesis.sh: the server did not become ready in 30s" >&2; exit 1; }
-addr=$(cat "$work/ready")
+addr=$(head -n 1 "$work/ready")
 token=$(cat "$data/admin-token")
 echo "schemathesis.sh: server on $addr (data in $data)"
 
