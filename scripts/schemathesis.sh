@@ -188,8 +188,12 @@ parameters = { "path.name" = "st-doomed:latest" }
 EOF
 
 echo "schemathesis.sh: running schemathesis (max $max_examples examples per operation)"
+schema=${ST_SCHEMA:-http://$addr/v1/openapi.json}
+[ -f "$schema" ] && schema=$(realpath "$schema")
+# From the work directory, so that schemathesis's cache (.schemathesis/) stays out of the tree.
+cd "$work"
 SCHEMATHESIS_HOOKS=hooks PYTHONPATH=$work schemathesis --config-file "$work/schemathesis.toml" run \
-  "${ST_SCHEMA:-http://$addr/v1/openapi.json}" --url "http://$addr/" \
+  "$schema" --url "http://$addr/" \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --exclude-name "POST /v1/images/pull" \
