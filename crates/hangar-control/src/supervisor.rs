@@ -1055,6 +1055,23 @@ impl Control {
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                 }
+                (
+                    MachineState::Started | MachineState::Starting | MachineState::Stopping,
+                    HostState::Orphaned { init_pid },
+                ) => {
+                    // Its shim is gone, so its output is no longer logged and its exit would
+                    // not be seen: kill it and let the user (or the restart policy) start it again.
+                    tracing::warn!(machine_id = %rec.id, init_pid, "machine lost its shim: stopping it");
+                    let runtime = self.runtime.clone();
+                    let id = rec.id.clone();
+                    blocking(move || runtime.destroy(&id))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))??;
+                    self.record(&rec.id, event("vanished", "stopped", "hangar", Some(json!({ "reason": "the machine's shim was gone when the server started; the machine was stopped" })))).await;
+                    self.set_state(&mut rec, MachineState::Stopped)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
                 (MachineState::Destroying, _) => {
                     self.remove_from_host(&rec)
                         .await
@@ -1063,7 +1080,7 @@ impl Control {
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                 }
-                (_, HostState::Running { .. }) => {
+                (_, HostState::Running { .. } | HostState::Orphaned { .. }) => {
                     tracing::warn!(machine_id = %rec.id, state = %rec.state, "machine running on the host but not in the store as started: stopping it");
                     let runtime = self.runtime.clone();
                     let id = rec.id.clone();

@@ -218,6 +218,8 @@ pub struct StopConfig {
 
 /// Default grace period before SIGKILL.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest grace period a stop may wait before SIGKILL (Fly's `kill_timeout` limit).
+pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default max restarts for `on-failure`.
 pub const DEFAULT_MAX_RETRIES: u32 = 10;
 
@@ -745,6 +747,15 @@ impl MachineConfig {
         if let Some(stop) = &self.stop_config {
             stop.signal_number()
                 .map_err(|e| ConfigError::new("stop_config.signal", e.message))?;
+            if stop.timeout() > MAX_STOP_TIMEOUT {
+                return Err(ConfigError::new(
+                    "stop_config.timeout",
+                    format!(
+                        "{} is longer than the limit of 5m: a stop may not wait longer than that before SIGKILL",
+                        GoDuration(stop.timeout())
+                    ),
+                ));
+            }
         }
         if let Some(schedule) = &self.schedule
             && !matches!(schedule.as_str(), "hourly" | "daily" | "weekly" | "monthly")
@@ -1057,6 +1068,18 @@ mod tests {
             ..Init::default()
         });
         assert_eq!(cfg.validate(None).unwrap_err().field, "init.exec");
+        cfg.init = None;
+        cfg.stop_config = Some(StopConfig {
+            signal: None,
+            timeout: Some(GoDuration::from_secs(3600)),
+        });
+        assert_eq!(cfg.validate(None).unwrap_err().field, "stop_config.timeout");
+        cfg.stop_config = Some(StopConfig {
+            signal: None,
+            timeout: Some(GoDuration::from_secs(300)),
+        });
+        assert!(cfg.validate(None).is_ok());
+        cfg.stop_config = None;
         cfg.init = Some(Init {
             cmd: Some(vec![String::new()]),
             ..Init::default()
