@@ -137,7 +137,8 @@ for name in "${names[@]}"; do
 done
 
 nginx_version=$(nginx -v 2>&1 | cut -d/ -f2)
-haproxy_version=$(haproxy -v | head -1 | cut -d' ' -f3)
+# awk reads all of its input: `head` would make haproxy die of SIGPIPE under pipefail.
+haproxy_version=$(haproxy -v 2>/dev/null | awk 'NR == 1 {print $3}')
 summary=$(python3 - "$results" "$ROUNDS" "$DURATION" "$CONNS" "$RATE" "$RATE_REQUESTS" "$IDLE" "$nginx_version" "$haproxy_version" <<'PY'
 import statistics, sys, collections, datetime, platform, subprocess
 path, rounds, duration, conns, rate, rate_requests, idle, nginx_version, haproxy_version = sys.argv[1:]
@@ -179,6 +180,7 @@ PY
 echo
 echo "$summary"
 if [[ $APPEND == 1 ]]; then
+    [[ -e "$root/docs/benchmarks.md" ]] || printf '# Benchmarks\n\nResults of the scripts in `bench/`, newest last.\n' >"$root/docs/benchmarks.md"
     printf '\n%s\n' "$summary" >>"$root/docs/benchmarks.md"
     echo "appended to docs/benchmarks.md" >&2
 fi

@@ -18,7 +18,9 @@ fn main() -> anyhow::Result<()> {
     let threads: usize = args.next().map_or(Ok(1), |t| t.parse())?;
     // One core for the proxy: a current-thread runtime avoids cross-thread wakeups.
     let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)

@@ -9,7 +9,9 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:18081".to_owned());
     let count: usize = args.next().map_or(Ok(10_000), |n| n.parse())?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let mut held = Vec::with_capacity(count);
         let mut buf = vec![0u8; 4096];

@@ -10,8 +10,12 @@ use hyper::Response;
 use hyper_util::rt::TokioIo;
 
 fn main() -> anyhow::Result<()> {
-    let listen = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18000".to_owned());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let listen = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:18000".to_owned());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen).await?;
         eprintln!("upstream listening on {listen}");

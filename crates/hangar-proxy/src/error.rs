@@ -92,7 +92,7 @@ pub enum ProxyError {
 fn unavailable_message(app: &str, reason: Unavailable, machines: usize) -> String {
     match reason {
         Unavailable::NoneStarted if machines == 0 => format!(
-            "app {app:?} has no machine exposing an http service; deploy one with `hangar deploy -a {app}`"
+            "app {app:?} has no machine exposing an http service; run one with `hangar machine run -a {app}` and a service with the http handler"
         ),
         Unavailable::NoneStarted => format!(
             "app {app:?} has no started machine ({machines} stopped or starting); start one with \
@@ -100,7 +100,7 @@ fn unavailable_message(app: &str, reason: Unavailable, machines: usize) -> Strin
         ),
         Unavailable::NoneHealthy => format!(
             "app {app:?} has no healthy machine: every started machine fails its service checks; see \
-             `hangar checks list -a {app}`"
+             `hangar machine list -a {app}` and the app's logs"
         ),
         Unavailable::AllDraining => {
             format!("every machine of app {app:?} is being stopped or replaced; retry shortly")
