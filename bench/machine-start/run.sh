@@ -51,6 +51,11 @@ server_pid=
 dockerd_pid=
 addr=
 bridges_before=$(ip -o link show type bridge | awk -F': ' '{print $2}' | sort)
+# Hangar names organization bridges hgbr1, hgbr2, ... whatever its pools, so another Hangar
+# on this host may share ours: cleanup takes back only the addresses from our pools.
+v4_pool=172.28.0.0/16
+v6_pool=fdad::/16
+addrs_before=$(ip -o addr show | awk '{print $2, $4}' | sort)
 
 export HGB_RUNC=$runc HGB_RUNC_ROOT=$work/runc-state HGB_NET_DIR=$work/runc-net
 
@@ -71,6 +76,16 @@ cleanup() {
       "http://$addr/v1/apps/bench?force=true"
   fi
   [ -n "$server_pid" ] && stop_pid "$server_pid"
+  # Machines the server could not destroy (it died first) are removed by hand: only
+  # those of this run's data directory.
+  if [ -d "$work/hangar/runc" ]; then
+    for c in $("$runc" --root "$work/hangar/runc" list -q 2>/dev/null); do
+      "$runc" --root "$work/hangar/runc" delete -f "$c"
+    done
+  fi
+  for m in "$work"/hangar/machines/*; do
+    [ -d "$m" ] && ip netns del "hangar-$(basename "$m")" 2>/dev/null
+  done
   for c in $("$runc" --root "$HGB_RUNC_ROOT" list -q 2>/dev/null); do
     "$runc" --root "$HGB_RUNC_ROOT" delete -f "$c"
   done
@@ -80,6 +95,10 @@ cleanup() {
     [ -n "$ids" ] && "$docker" rm -f $ids >/dev/null
     stop_pid "$dockerd_pid"
   fi
+  comm -13 <(echo "$addrs_before") <(ip -o addr show | awk '{print $2, $4}' | sort) |
+    while read -r dev a; do
+      case $dev:$a in hgbr*:172.28.* | hgbr*:fdad:*) ip addr del "$a" dev "$dev" ;; esac
+    done
   # Bridges that appeared during the run and have no ports left (ours, the organization
   # bridge our server made, docker0 of the dockerd we started) go; bridges that were
   # there before, or that another Hangar on this host still uses, stay.
@@ -104,8 +123,10 @@ img=$work/hello-oci
 bash "$repo/examples/hello/build-image.sh" "$img" >/dev/null
 
 # --- Hangar -------------------------------------------------------------------------
-"$HANGAR_BIN" server --data-dir "$work/hangar" --api-listen 127.0.0.1:0 --ready-file "$work/ready" \
-  --ipv4-pool 172.28.0.0/16 --ipv6-pool fdad::/16 >"$work/server.log" 2>&1 &
+# setsid: a Ctrl-C reaches only this script and bench.py, so the cleanup below, not the
+# signal, decides the order in which things stop (machines survive their server's exit).
+setsid "$HANGAR_BIN" server --data-dir "$work/hangar" --api-listen 127.0.0.1:0 --ready-file "$work/ready" \
+  --ipv4-pool "$v4_pool" --ipv6-pool "$v6_pool" >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 300); do [ -s "$work/ready" ] && break; kill -0 $server_pid || break; sleep 0.1; done
 [ -s "$work/ready" ] || { echo "hangar server did not become ready" >&2; exit 1; }
@@ -155,7 +176,7 @@ else
   mkdir -p "$d"
   # --iptables=false keeps the shared host's firewall as it is; `docker run -d` without
   # published ports adds no rules per container, so the timed path is unchanged.
-  dockerd --data-root "$d/data" --exec-root "$d/exec" --pidfile "$d/dockerd.pid" \
+  setsid dockerd --data-root "$d/data" --exec-root "$d/exec" --pidfile "$d/dockerd.pid" \
     -H "unix://$d/docker.sock" --iptables=false --bip 172.31.254.1/24 >"$work/dockerd.log" 2>&1 &
   dockerd_pid=$!
   export DOCKER_HOST=unix://$d/docker.sock
