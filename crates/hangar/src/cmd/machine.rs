@@ -447,6 +447,11 @@ pub async fn run(ctx: &Ctx, command: MachineCommand) -> anyhow::Result<()> {
                 return ctx.out.json(&machine);
             }
             ctx.out.line(describe_machine(&machine))?;
+            if !machine.checks.is_empty() {
+                ctx.out.line("")?;
+                ctx.out.line("Checks:")?;
+                ctx.out.line(checks_table(&machine.checks))?;
+            }
             if !machine.events.is_empty() {
                 ctx.out.line("")?;
                 ctx.out.line("Recent events (newest first):")?;
@@ -699,6 +704,22 @@ fn event_detail(e: &MachineEvent) -> String {
         parts.push(err.to_owned());
     }
     parts.join(", ")
+}
+
+fn checks_table(checks: &[hangar_core::machine::CheckStatus]) -> String {
+    let rows = checks
+        .iter()
+        .map(|c| {
+            let output: String = c.output.chars().take(80).collect();
+            vec![
+                c.name.clone(),
+                c.status.clone(),
+                c.updated_at.clone(),
+                output,
+            ]
+        })
+        .collect();
+    crate::output::render_table(&["NAME", "STATUS", "UPDATED", "OUTPUT"], rows)
 }
 
 fn events_table(events: &[MachineEvent]) -> String {

@@ -102,6 +102,11 @@ fn routes_by_host_to_healthy_machines_and_drains_without_errors() {
     );
     let (_, m) = s.api("GET", &format!("/v1/apps/edge/machines/{m3}"), None);
     assert_eq!(m["checks"][0]["status"], "passing", "{m}");
+    let status = s.ok(&["machine", "status", &m3, "--app", "edge"]);
+    assert!(
+        status.contains("servicecheck-00-http-8080") && status.contains("passing"),
+        "{status}"
+    );
 
     // Stop m1 while a bounded load runs and a slow request is in flight on it: zero errors.
     let stop = Arc::new(AtomicBool::new(false));
