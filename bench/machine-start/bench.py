@@ -23,10 +23,19 @@ STEP_TIMEOUT_S = 60
 
 def run(cmd, **kw):
     """Runs an untimed command with a deadline and fails loudly with its output."""
-    res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                         timeout=STEP_TIMEOUT_S, **kw)
+    res = subprocess.run(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT_S,
+        check=False,
+        **kw,
+    )
     if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}"
+        )
     return res.stdout
 
 
@@ -53,7 +62,9 @@ def timed(cmd):
         out.seek(0)
         err.seek(0)
         if code != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({code}): {err.read().decode().strip()}")
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed ({code}): {err.read().decode().strip()}"
+            )
         return dt, out.read().decode()
 
 
@@ -63,7 +74,10 @@ class Hangar:
     def __init__(self, addr, token, app, image):
         host, port = addr.rsplit(":", 1)
         self.host, self.port = host, int(port)
-        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+        }
         self.app, self.image = app, image
 
     def _call(self, method, path, body=None):
@@ -106,11 +120,22 @@ class Runc:
         if self.script:
             cmd = ["bash", self.script, cid]
         else:
-            cmd = [self.runc, "--root", self.root, "run", "-d", "--bundle", self.bundle, cid]
+            cmd = [
+                self.runc,
+                "--root",
+                self.root,
+                "run",
+                "-d",
+                "--bundle",
+                self.bundle,
+                cid,
+            ]
         dt, _ = timed(cmd)
         state = json.loads(run([self.runc, "--root", self.root, "state", cid]))
         if state.get("status") != "running":
-            raise RuntimeError(f"runc container {cid} is {state.get('status')!r}, not running")
+            raise RuntimeError(
+                f"runc container {cid} is {state.get('status')!r}, not running"
+            )
         return dt, cid
 
     def cleanup(self, cid):
@@ -135,10 +160,19 @@ class Docker:
 
     def cleanup(self, cid):
         # `--rm` may already be removing it once killed; that is the state we want.
-        res = subprocess.run([self.docker, "rm", "-f", cid], stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
-        if res.returncode != 0 and "already in progress" not in res.stderr \
-                and "No such container" not in res.stderr:
+        res = subprocess.run(
+            [self.docker, "rm", "-f", cid],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT_S,
+            check=False,
+        )
+        if (
+            res.returncode != 0
+            and "already in progress" not in res.stderr
+            and "No such container" not in res.stderr
+        ):
             raise RuntimeError(f"docker rm -f {cid} failed: {res.stderr.strip()}")
 
 
@@ -156,20 +190,34 @@ def main():
     ap.add_argument("--runc", default="runc")
     ap.add_argument("--runc-root", required=True)
     ap.add_argument("--runc-bundle", required=True)
-    ap.add_argument("--runc-net-script", help="timed script: netns + veth + overlay + runc run -d")
+    ap.add_argument(
+        "--runc-net-script", help="timed script: netns + veth + overlay + runc run -d"
+    )
     ap.add_argument("--runc-net-teardown")
-    ap.add_argument("--docker", help="docker client; omitted when dockerd could not run")
+    ap.add_argument(
+        "--docker", help="docker client; omitted when dockerd could not run"
+    )
     ap.add_argument("--docker-image", default="hello:latest")
     ap.add_argument("--csv", help="write every sample here")
     args = ap.parse_args()
 
     with open(args.hangar_token_file) as f:
         token = f.read().strip()
-    systems = [Hangar(args.hangar_addr, token, args.app, args.image),
-               Runc("runc", args.runc, args.runc_root, args.runc_bundle)]
+    systems = [
+        Hangar(args.hangar_addr, token, args.app, args.image),
+        Runc("runc", args.runc, args.runc_root, args.runc_bundle),
+    ]
     if args.runc_net_script:
-        systems.append(Runc("runc-net", args.runc, args.runc_root, None,
-                            args.runc_net_script, args.runc_net_teardown))
+        systems.append(
+            Runc(
+                "runc-net",
+                args.runc,
+                args.runc_root,
+                None,
+                args.runc_net_script,
+                args.runc_net_teardown,
+            )
+        )
     if args.docker:
         systems.append(Docker(args.docker, args.docker_image))
 
@@ -186,23 +234,32 @@ def main():
             dt, cid = s.start()
             s.cleanup(cid)
             samples[s.name].append(dt)
-        print(f"round {r + 1}/{args.rounds}: " +
-              ", ".join(f"{n} {fmt_ms(v[-1])} ms" for n, v in samples.items()),
-              file=sys.stderr, flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{n} {fmt_ms(v[-1])} ms" for n, v in samples.items()),
+            file=sys.stderr,
+            flush=True,
+        )
 
     if args.csv:
         with open(args.csv, "w") as f:
             f.write("round," + ",".join(samples) + "\n")
             for r in range(args.rounds):
-                f.write(f"{r + 1}," + ",".join(f"{v[r]:.6f}" for v in samples.values()) + "\n")
+                f.write(
+                    f"{r + 1},"
+                    + ",".join(f"{v[r]:.6f}" for v in samples.values())
+                    + "\n"
+                )
 
     hangar_med = statistics.median(samples["hangar"])
-    print(f"| system | n | median ms | min–max ms | median / hangar |")
-    print(f"|---|---|---|---|---|")
+    print("| system | n | median ms | min–max ms | median / hangar |")
+    print("|---|---|---|---|---|")
     for name, v in samples.items():
         med = statistics.median(v)
-        print(f"| {name} | {len(v)} | {fmt_ms(med)} | {fmt_ms(min(v))}–{fmt_ms(max(v))} "
-              f"| {med / hangar_med:.2f}× |")
+        print(
+            f"| {name} | {len(v)} | {fmt_ms(med)} | {fmt_ms(min(v))}–{fmt_ms(max(v))} "
+            f"| {med / hangar_med:.2f}× |"
+        )
     print()
     for name, v in samples.items():
         if name != "hangar":

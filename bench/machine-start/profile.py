@@ -27,7 +27,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import Hangar  # noqa: E402
+from bench import Hangar
 
 LINE = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(.*)$")
 
@@ -68,7 +68,11 @@ def phases(events, t0, t1, shim_exe, container_cmd):
             mark("overlay", ts)
         elif name == "execve" and text.startswith(f'execve("{shim_exe}"'):
             mark("shim", ts)
-        elif name == "execve" and "runc" in text and ('"run"' in text or '"create"' in text):
+        elif (
+            name == "execve"
+            and "runc" in text
+            and ('"run"' in text or '"create"' in text)
+        ):
             mark("runc run/create", ts)
         elif name == "execve" and '"init"' in text and "runc" in text:
             mark("runc init", ts)
@@ -83,7 +87,9 @@ def phases(events, t0, t1, shim_exe, container_cmd):
 def parse_rfc3339(ts):
     """Seconds since the epoch of `2026-01-02T03:04:05.123456789Z` (nanoseconds kept)."""
     whole, _, frac = ts.rstrip("Z").partition(".")
-    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float(
+        "0." + (frac or "0")
+    )
 
 
 def dir_marks(machine_dir, t0, t1):
@@ -117,14 +123,18 @@ def print_marks(title, rows, order):
             gaps = offs
         else:
             gaps = [m[key] - m[prev] for m in rows if key in m and prev in m]
-        print(f"| {key} | {statistics.median(offs):.1f} | {statistics.median(gaps):.1f} |")
+        print(
+            f"| {key} | {statistics.median(offs):.1f} | {statistics.median(gaps):.1f} |"
+        )
         prev = key
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--machines-dir", required=True, help="<data dir>/machines of the server")
+    ap.add_argument(
+        "--machines-dir", required=True, help="<data dir>/machines of the server"
+    )
     ap.add_argument("--server-pid", type=int, required=True)
     ap.add_argument("--shim-exe", required=True)
     ap.add_argument("--container-cmd", default="/bin/httpd")
@@ -144,15 +154,33 @@ def main():
         t1 = time.time()
         rows.append(dir_marks(os.path.join(args.machines_dir, mid), t0, t1))
         hangar.cleanup(mid)
-    print_marks(f"Hangar create call, untraced, {args.rounds} calls (shim log timestamps)",
-                rows, ["shim running", "runc invoked", "runc returned", "answer"])
+    print_marks(
+        f"Hangar create call, untraced, {args.rounds} calls (shim log timestamps)",
+        rows,
+        ["shim running", "runc invoked", "runc returned", "answer"],
+    )
     print()
 
     strace = subprocess.Popen(
         # (--seccomp-bpf, which would stop only the traced calls, does not work with -p.)
-        ["strace", "-f", "-ttt", "-T", "-s", "128", "-o", args.log,
-         "-e", "trace=execve,unshare,mount,fsync,fdatasync", "-p", str(args.server_pid)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            "strace",
+            "-f",
+            "-ttt",
+            "-T",
+            "-s",
+            "128",
+            "-o",
+            args.log,
+            "-e",
+            "trace=execve,unshare,mount,fsync,fdatasync",
+            "-p",
+            str(args.server_pid),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         # strace says "Process N attached" on stderr once it traces the server.
         deadline = time.monotonic() + 30
@@ -177,15 +205,29 @@ def main():
             strace.wait(timeout=30)
 
     events = list(parse(args.log))
-    traced = [phases(events, t0, t1, args.shim_exe, args.container_cmd) for t0, t1 in windows]
-    print_marks(f"Hangar create call under strace -f, {args.rounds} calls (inflated: shares only)",
-                [m for m, _, _ in traced],
-                ["netns", "overlay", "shim", "runc run/create", "runc init", "runc start",
-                 "container exec", "answer"])
+    traced = [
+        phases(events, t0, t1, args.shim_exe, args.container_cmd) for t0, t1 in windows
+    ]
+    print_marks(
+        f"Hangar create call under strace -f, {args.rounds} calls (inflated: shares only)",
+        [m for m, _, _ in traced],
+        [
+            "netns",
+            "overlay",
+            "shim",
+            "runc run/create",
+            "runc init",
+            "runc start",
+            "container exec",
+            "answer",
+        ],
+    )
     syncs = [n for _, n, _ in traced]
     sync_ms = [ms for _, _, ms in traced]
-    print(f"\nfsync/fdatasync before the shim's exec: median {statistics.median(syncs)} calls, "
-          f"{statistics.median(sync_ms):.1f} ms in total")
+    print(
+        f"\nfsync/fdatasync before the shim's exec: median {statistics.median(syncs)} calls, "
+        f"{statistics.median(sync_ms):.1f} ms in total"
+    )
 
 
 if __name__ == "__main__":

@@ -61,9 +61,9 @@ export HGB_RUNC=$runc HGB_RUNC_ROOT=$work/runc-state HGB_NET_DIR=$work/runc-net
 
 # Waits (bounded) for a process to exit after a signal; SIGKILL if it does not.
 stop_pid() {
-  local pid=$1 i
+  local pid=$1
   kill "$pid" 2>/dev/null || return 0
-  for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   kill -9 "$pid" 2>/dev/null
 }
 
@@ -91,8 +91,8 @@ cleanup() {
   done
   [ -d "$HGB_NET_DIR" ] && bash "$here/net-stop.sh"
   if [ -n "$dockerd_pid" ]; then
-    ids=$("$docker" ps -aq 2>/dev/null)
-    [ -n "$ids" ] && "$docker" rm -f $ids >/dev/null
+    mapfile -t ids < <("$docker" ps -aq 2>/dev/null)
+    [ ${#ids[@]} -gt 0 ] && "$docker" rm -f "${ids[@]}" >/dev/null
     stop_pid "$dockerd_pid"
   fi
   comm -13 <(echo "$addrs_before") <(ip -o addr show | awk '{print $2, $4}' | sort) |
@@ -108,7 +108,7 @@ cleanup() {
     esac
   done
   # Anything still mounted under the work dir (a failed start) is unmounted before removal.
-  grep -o " $work[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done
+  grep -o " ${work}[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done
   [ $rc -ne 0 ] && for f in "$work/server.log" "$work/dockerd.log"; do
     [ -s "$f" ] && { echo "--- tail of $f" >&2; tail -20 "$f" >&2; cp "$f" "$out/"; }
   done
@@ -197,7 +197,7 @@ fi
 
 # --- the run ----------------------------------------------------------------------------
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r), cgroup $(stat -fc %T /sys/fs/cgroup)"
+echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r), cgroup $([ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] && echo v2 || echo v1)"
 echo "versions: runc $("$runc" --version | head -1 | awk '{print $3}'), hangar ${hangar_rev:-${HGB_HANGAR_REV:-binary $HANGAR_BIN}}"
 echo "command: bench/machine-start/run.sh $rounds"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
