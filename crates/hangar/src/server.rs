@@ -172,6 +172,7 @@ async fn ensure_admin_token(store: &Store, data_dir: &Path) -> anyhow::Result<()
 
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging();
     let pre = preflight(&args.runc)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -337,6 +338,20 @@ async fn routing_publisher(control: Arc<Control>, proxy: Arc<hangar_proxy::Proxy
         updates.borrow_and_update();
         publish_routes(&control, &proxy, &domain).await;
     }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`), `HANGAR_LOG_FORMAT=json` for JSON lines.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::env::var("HANGAR_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 async fn shutdown_signal() {
