@@ -1111,6 +1111,16 @@ impl Control {
             if known.contains(&id) {
                 continue;
             }
+            // Only namespaces of machines this server's store has seen are its own orphans;
+            // another Hangar (a test server, a second data dir) may own the rest.
+            let ours = match id.parse::<MachineId>() {
+                Ok(mid) => self.store.get_machine(&mid).await.is_ok(),
+                Err(_) => false,
+            };
+            if !ours {
+                tracing::debug!(netns = %id, "leaving a network namespace this server does not know");
+                continue;
+            }
             tracing::warn!(machine_id = %id, "removing orphan network namespace");
             // Only the names matter for removal; addresses are placeholders.
             let org = self.org_network(1).map_err(|e| anyhow::anyhow!("{e}"))?;
