@@ -184,10 +184,7 @@ impl Control {
             draining: Mutex::new(BTreeSet::new()),
             routing: watch::channel(0).0,
             drainer: Mutex::new(None),
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap_or_default(),
+            http: checks::client(false),
         })
     }
 
@@ -198,7 +195,7 @@ impl Control {
             .or_insert_with(|| {
                 Arc::new(Slot {
                     op: tokio::sync::Mutex::new(SlotInner {
-                        run: 0,
+                        run: next_run_base(),
                         requested_stop: false,
                     }),
                     state: watch::channel(state).0,
@@ -206,6 +203,78 @@ impl Control {
                 })
             })
             .clone()
+    }
+
+    /// Runs a state-changing operation on its own task, so it runs to completion even when
+    /// the caller (an HTTP request whose client hung up) is dropped half way.
+    async fn to_completion<T, F>(self: &Arc<Self>, f: impl FnOnce(Arc<Self>) -> F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = ApiResult<T>> + Send + 'static,
+    {
+        tokio::spawn(f(self.clone()))
+            .await
+            .map_err(ApiError::internal)?
+    }
+
+    /// Creates a machine and, unless `skip_launch`, starts it and waits until it runs.
+    pub async fn create_machine(
+        self: &Arc<Self>,
+        app: &str,
+        req: LaunchRequest,
+    ) -> ApiResult<MachineRecord> {
+        let app = app.to_owned();
+        self.to_completion(move |c| async move { c.create_machine_now(&app, req).await })
+            .await
+    }
+
+    /// Starts a stopped, created or failed machine; returns the state it was in.
+    pub async fn start_machine(self: &Arc<Self>, app: &str, id: &str) -> ApiResult<MachineState> {
+        let (app, id) = (app.to_owned(), id.to_owned());
+        self.to_completion(move |c| async move { c.start_machine_now(&app, &id).await })
+            .await
+    }
+
+    /// Stops a machine: out of routing, its stop signal, then SIGKILL after the timeout.
+    pub async fn stop_machine(
+        self: &Arc<Self>,
+        app: &str,
+        id: &str,
+        signal: Option<i32>,
+        timeout: Option<Duration>,
+    ) -> ApiResult<()> {
+        let (app, id) = (app.to_owned(), id.to_owned());
+        self.to_completion(
+            move |c| async move { c.stop_machine_now(&app, &id, signal, timeout).await },
+        )
+        .await
+    }
+
+    /// Destroys a machine and everything it had on the host.
+    pub async fn destroy_machine(
+        self: &Arc<Self>,
+        app: &str,
+        id: &str,
+        force: bool,
+    ) -> ApiResult<()> {
+        let (app, id) = (app.to_owned(), id.to_owned());
+        self.to_completion(move |c| async move { c.destroy_machine_now(&app, &id, force).await })
+            .await
+    }
+
+    /// Replaces a machine's config (new instance id); a running machine is restarted with it.
+    pub async fn update_machine(
+        self: &Arc<Self>,
+        app: &str,
+        id: &str,
+        req: LaunchRequest,
+        current_version: Option<String>,
+    ) -> ApiResult<MachineRecord> {
+        let (app, id) = (app.to_owned(), id.to_owned());
+        self.to_completion(move |c| async move {
+            c.update_machine_now(&app, &id, req, current_version).await
+        })
+        .await
     }
 
     /// Subscribes to a machine's state.
@@ -451,7 +520,7 @@ impl Control {
     }
 
     /// Creates a machine and, unless `skip_launch`, starts it and waits until it runs.
-    pub async fn create_machine(
+    async fn create_machine_now(
         self: &Arc<Self>,
         app: &str,
         req: LaunchRequest,
@@ -664,6 +733,17 @@ impl Control {
         if inner.run != run {
             return;
         }
+        // Re-read under the lock: an operation that held it may have changed the machine.
+        let Ok(fresh) = self.store.get_machine(id).await else {
+            return;
+        };
+        rec = fresh;
+        if matches!(
+            rec.state,
+            MachineState::Destroying | MachineState::Destroyed
+        ) {
+            return;
+        }
         inner.run += 1;
         let exit = match exit {
             Ok(e) => e,
@@ -735,7 +815,12 @@ impl Control {
                 };
                 let slot = this.slot(&id, rec.state);
                 let mut inner = slot.op.lock().await;
-                // A user action during the backoff (stop, destroy, start) takes precedence.
+                // Re-read under the lock: a user action during the backoff (stop, destroy,
+                // start, update) takes precedence, and an update's new config must be used.
+                let Ok(fresh) = this.store.get_machine(&id).await else {
+                    return;
+                };
+                rec = fresh;
                 if inner.run != my_run || rec.state != MachineState::Starting {
                     return;
                 }
@@ -769,14 +854,17 @@ impl Control {
         }
         if rec.config.auto_destroy && !requested {
             drop(inner);
-            if let Err(e) = self.destroy_machine(&rec.app, rec.id.as_str(), true).await {
+            if let Err(e) = self
+                .destroy_machine_now(&rec.app, rec.id.as_str(), true)
+                .await
+            {
                 tracing::warn!(machine_id = %id, error = %e, "auto_destroy failed");
             }
         }
     }
 
     /// Starts a stopped, created or failed machine.
-    pub async fn start_machine(self: &Arc<Self>, app: &str, id: &str) -> ApiResult<MachineState> {
+    async fn start_machine_now(self: &Arc<Self>, app: &str, id: &str) -> ApiResult<MachineState> {
         let mut rec = self.machine_record(app, id).await?;
         let slot = self.slot(&rec.id, rec.state);
         let mut inner = slot.op.lock().await;
@@ -804,7 +892,7 @@ impl Control {
     }
 
     /// Stops a machine: its stop signal, then SIGKILL after the timeout. Returns once stopped.
-    pub async fn stop_machine(
+    async fn stop_machine_now(
         self: &Arc<Self>,
         app: &str,
         id: &str,
@@ -817,11 +905,21 @@ impl Control {
         {
             let mut inner = slot.op.lock().await;
             rec = self.store.get_machine(&rec.id).await?;
+            let running_on_host = {
+                let runtime = self.runtime.clone();
+                let id = rec.id.clone();
+                matches!(
+                    blocking(move || runtime.inspect(&id)).await?,
+                    Ok(HostState::Running { .. })
+                )
+            };
             match rec.state {
-                MachineState::Started => {}
+                // Stopping: an earlier stop did not finish (it failed, or the server died): signal again.
+                MachineState::Started | MachineState::Stopping => {}
                 MachineState::Stopped | MachineState::Created | MachineState::Failed => {
                     return Ok(());
                 }
+                MachineState::Starting if running_on_host => {}
                 MachineState::Starting => {
                     // Waiting out a restart backoff: cancel the restart.
                     inner.run += 1;
@@ -838,9 +936,11 @@ impl Control {
                 }
             }
             inner.requested_stop = true;
-            self.set_state(&mut rec, MachineState::Stopping).await?;
-            self.record(&rec.id, event("stop", "stopping", "user", None))
-                .await;
+            if rec.state != MachineState::Stopping {
+                self.set_state(&mut rec, MachineState::Stopping).await?;
+                self.record(&rec.id, event("stop", "stopping", "user", None))
+                    .await;
+            }
         }
         let stop = rec.config.stop_or_default();
         let signal = match signal {
@@ -895,7 +995,7 @@ impl Control {
     }
 
     /// Destroys a machine and everything it had on the host.
-    pub async fn destroy_machine(
+    async fn destroy_machine_now(
         self: &Arc<Self>,
         app: &str,
         id: &str,
@@ -949,7 +1049,7 @@ impl Control {
     }
 
     /// Replaces a machine's config (new instance id); a running machine is restarted with it.
-    pub async fn update_machine(
+    async fn update_machine_now(
         self: &Arc<Self>,
         app: &str,
         id: &str,
@@ -969,7 +1069,7 @@ impl Control {
         }
         let was_running = rec.state == MachineState::Started;
         if was_running {
-            self.stop_machine(app, id, None, None).await?;
+            self.stop_machine_now(app, id, None, None).await?;
         }
         let slot = self.slot(&rec.id, rec.state);
         let mut inner = slot.op.lock().await;
@@ -1002,91 +1102,111 @@ impl Control {
         Ok(rec)
     }
 
+    /// Reconciles one machine of the store with what the host has for it.
+    async fn reconcile_machine(self: &Arc<Self>, mut rec: MachineRecord) -> anyhow::Result<()> {
+        let runtime = self.runtime.clone();
+        let id = rec.id.clone();
+        let host = blocking(move || runtime.inspect(&id))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))??;
+        let slot = self.slot(&rec.id, rec.state);
+        let run = slot.op.lock().await.run;
+        match (rec.state, host) {
+            (
+                MachineState::Started | MachineState::Starting | MachineState::Stopping,
+                HostState::Running { .. },
+            ) => {
+                if rec.state == MachineState::Starting {
+                    self.set_state(&mut rec, MachineState::Started)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+                if rec.state == MachineState::Stopping {
+                    slot.op.lock().await.requested_stop = true;
+                }
+                tracing::info!(machine_id = %rec.id, app = %rec.app, "adopted running machine");
+                self.spawn_watcher(rec.id.clone(), run);
+                if rec.state == MachineState::Stopping {
+                    // The server died during a stop: finish it.
+                    let this = self.clone();
+                    let (app, id) = (rec.app.clone(), rec.id.to_string());
+                    self.tasks.spawn(async move {
+                        if let Err(e) = this.stop_machine_now(&app, &id, None, None).await {
+                            tracing::warn!(machine_id = %id, error = %e, "could not finish an interrupted stop");
+                        }
+                    });
+                } else {
+                    self.spawn_checker(&rec);
+                }
+            }
+            (MachineState::Started | MachineState::Stopping, HostState::Exited(exit)) => {
+                if rec.state == MachineState::Stopping {
+                    slot.op.lock().await.requested_stop = true;
+                }
+                self.handle_exit(&rec.id, run, Ok(exit)).await;
+            }
+            (MachineState::Starting, HostState::Absent | HostState::Exited(_)) => {
+                // The server died while starting it (or during a restart backoff): finish the start.
+                let mut inner = slot.op.lock().await;
+                if let Err(e) = self
+                    .start_locked(&mut rec, &mut inner, None, "hangar")
+                    .await
+                {
+                    tracing::warn!(machine_id = %rec.id, error = %e, "could not finish an interrupted start");
+                }
+            }
+            (MachineState::Started | MachineState::Stopping, HostState::Absent) => {
+                self.record(&rec.id, event("vanished", "stopped", "hangar", Some(json!({ "reason": "the machine was not running on the host when the server started" })))).await;
+                self.set_state(&mut rec, MachineState::Stopped)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            (
+                MachineState::Started | MachineState::Starting | MachineState::Stopping,
+                HostState::Orphaned { init_pid },
+            ) => {
+                // Its shim is gone, so its output is no longer logged and its exit would
+                // not be seen: kill it and let the user (or the restart policy) start it again.
+                tracing::warn!(machine_id = %rec.id, init_pid, "machine lost its shim: stopping it");
+                let runtime = self.runtime.clone();
+                let id = rec.id.clone();
+                blocking(move || runtime.destroy(&id))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))??;
+                self.record(&rec.id, event("vanished", "stopped", "hangar", Some(json!({ "reason": "the machine's shim was gone when the server started; the machine was stopped" })))).await;
+                self.set_state(&mut rec, MachineState::Stopped)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            (MachineState::Destroying, _) => {
+                self.remove_from_host(&rec)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                self.set_state(&mut rec, MachineState::Destroyed)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            (_, HostState::Running { .. } | HostState::Orphaned { .. }) => {
+                tracing::warn!(machine_id = %rec.id, state = %rec.state, "machine running on the host but not in the store as started: stopping it");
+                let runtime = self.runtime.clone();
+                let id = rec.id.clone();
+                let _ = blocking(move || runtime.destroy(&id)).await;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Brings the store and the host into agreement after a (re)start of the server:
     /// adopts machines that kept running, records exits that happened while it was away,
     /// marks machines that vanished, and removes what the store does not know.
     pub async fn reconcile(self: &Arc<Self>) -> anyhow::Result<()> {
         let live = self.store.list_live_machines().await?;
         let known: BTreeSet<String> = live.iter().map(|m| m.id.to_string()).collect();
-        for mut rec in live {
-            let runtime = self.runtime.clone();
+        for rec in live {
             let id = rec.id.clone();
-            let host = blocking(move || runtime.inspect(&id))
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))??;
-            let slot = self.slot(&rec.id, rec.state);
-            let run = slot.op.lock().await.run;
-            match (rec.state, host) {
-                (
-                    MachineState::Started | MachineState::Starting | MachineState::Stopping,
-                    HostState::Running { .. },
-                ) => {
-                    if rec.state == MachineState::Starting {
-                        self.set_state(&mut rec, MachineState::Started)
-                            .await
-                            .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    }
-                    if rec.state == MachineState::Stopping {
-                        slot.op.lock().await.requested_stop = true;
-                    }
-                    tracing::info!(machine_id = %rec.id, app = %rec.app, "adopted running machine");
-                    self.spawn_watcher(rec.id.clone(), run);
-                    self.spawn_checker(&rec);
-                }
-                (MachineState::Started | MachineState::Stopping, HostState::Exited(exit)) => {
-                    if rec.state == MachineState::Stopping {
-                        slot.op.lock().await.requested_stop = true;
-                    }
-                    self.handle_exit(&rec.id, run, Ok(exit)).await;
-                }
-                (MachineState::Starting, HostState::Absent | HostState::Exited(_)) => {
-                    // The server died while starting it (or during a restart backoff): finish the start.
-                    let mut inner = slot.op.lock().await;
-                    if let Err(e) = self
-                        .start_locked(&mut rec, &mut inner, None, "hangar")
-                        .await
-                    {
-                        tracing::warn!(machine_id = %rec.id, error = %e, "could not finish an interrupted start");
-                    }
-                }
-                (MachineState::Started | MachineState::Stopping, HostState::Absent) => {
-                    self.record(&rec.id, event("vanished", "stopped", "hangar", Some(json!({ "reason": "the machine was not running on the host when the server started" })))).await;
-                    self.set_state(&mut rec, MachineState::Stopped)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                }
-                (
-                    MachineState::Started | MachineState::Starting | MachineState::Stopping,
-                    HostState::Orphaned { init_pid },
-                ) => {
-                    // Its shim is gone, so its output is no longer logged and its exit would
-                    // not be seen: kill it and let the user (or the restart policy) start it again.
-                    tracing::warn!(machine_id = %rec.id, init_pid, "machine lost its shim: stopping it");
-                    let runtime = self.runtime.clone();
-                    let id = rec.id.clone();
-                    blocking(move || runtime.destroy(&id))
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))??;
-                    self.record(&rec.id, event("vanished", "stopped", "hangar", Some(json!({ "reason": "the machine's shim was gone when the server started; the machine was stopped" })))).await;
-                    self.set_state(&mut rec, MachineState::Stopped)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                }
-                (MachineState::Destroying, _) => {
-                    self.remove_from_host(&rec)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    self.set_state(&mut rec, MachineState::Destroyed)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                }
-                (_, HostState::Running { .. } | HostState::Orphaned { .. }) => {
-                    tracing::warn!(machine_id = %rec.id, state = %rec.state, "machine running on the host but not in the store as started: stopping it");
-                    let runtime = self.runtime.clone();
-                    let id = rec.id.clone();
-                    let _ = blocking(move || runtime.destroy(&id)).await;
-                }
-                _ => {}
+            if let Err(e) = self.reconcile_machine(rec).await {
+                tracing::error!(machine_id = %id, error = %e, "could not reconcile this machine; continuing with the others");
             }
         }
         // Orphans: host state of machines the store does not know (or knows as destroyed).
@@ -1137,6 +1257,13 @@ impl Control {
         }
         Ok(())
     }
+}
+
+/// A run number no earlier slot used: a slot recreated after destroy must not match the run
+/// of a watcher that belonged to the old one.
+fn next_run_base() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1 << 32, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -249,11 +249,14 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
         &mut registry,
     );
     control.set_drainer(Arc::new(ProxyDrainer(proxy.clone())));
+    // Subscribe before the first publish, so a change that lands in between is not missed.
+    let updates = control.routing_updates();
     publish_routes(&control, &proxy, &args.domain).await;
     control.tasks.spawn(routing_publisher(
         control.clone(),
         proxy.clone(),
         args.domain.clone(),
+        updates,
     ));
     control
         .tasks
@@ -328,8 +331,12 @@ async fn publish_routes(control: &Control, proxy: &hangar_proxy::Proxy, domain: 
 
 /// Rebuilds and publishes the routing snapshot after every routing-relevant change.
 /// Changes that arrive while a snapshot is being built are folded into the next one.
-async fn routing_publisher(control: Arc<Control>, proxy: Arc<hangar_proxy::Proxy>, domain: String) {
-    let mut updates = control.routing_updates();
+async fn routing_publisher(
+    control: Arc<Control>,
+    proxy: Arc<hangar_proxy::Proxy>,
+    domain: String,
+    mut updates: tokio::sync::watch::Receiver<u64>,
+) {
     loop {
         tokio::select! {
             () = control.shutdown.cancelled() => return,

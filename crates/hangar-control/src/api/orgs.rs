@@ -35,11 +35,11 @@ pub(super) async fn create(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     validate_org_name(&body.slug).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let max = hangar_net::plan::max_org_index(&control.opts.pool).map_err(ApiError::internal)?;
-    let org = control.store.create_org(&body.slug).await?;
-    if org.net_index > max {
+    if control.store.list_orgs().await?.len() >= max as usize {
         return Err(ApiError::Conflict(format!(
-            "this host's address pool has room for {max} organizations"
+            "this host's address pool has room for {max} organizations, all in use"
         )));
     }
+    let org = control.store.create_org(&body.slug).await?;
     Ok((StatusCode::CREATED, Json(view(&org))))
 }
