@@ -381,27 +381,37 @@ fn machines_survive_kill9_of_the_server_and_logs_have_no_gap() {
     }
     assert!(curl(&format!("http://{v4}:8080/")).is_some());
 
-    let logs = s.ok(&["logs", "--app", "durable", "--machine", &ticker, "--json"]);
-    let ticks: Vec<u64> = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| {
-            v["message"]
-                .as_str()?
-                .strip_prefix("tick ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .collect();
+    // Every tick from the first on is in the logs, in order, across the server's death,
+    // and the machine keeps logging after the restart.
+    let ticks = || -> Vec<u64> {
+        let logs = s.ok(&["logs", "--app", "durable", "--machine", &ticker, "--json"]);
+        let ticks: Vec<u64> = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| {
+                v["message"]
+                    .as_str()?
+                    .strip_prefix("tick ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        for (i, t) in ticks.iter().enumerate() {
+            assert_eq!(*t, i as u64, "gap in the logs at line {i}: {ticks:?}");
+        }
+        ticks
+    };
+    let after_restart = ticks().len();
     assert!(
-        ticks.len() > 30,
-        "expected many ticks across the server's death, got {}",
-        ticks.len()
+        after_restart >= 10,
+        "too few ticks across the server's death: {after_restart}"
     );
-    for (i, t) in ticks.iter().enumerate() {
-        assert_eq!(*t, i as u64, "gap in the logs at line {i}");
-    }
+    eventually(
+        Duration::from_secs(20),
+        "more ticks after the restart",
+        || (ticks().len() >= after_restart + 10).then_some(()),
+    );
     // The adopted machine can still be stopped: its exit is seen by the new server.
     s.ok(&["machine", "stop", &ticker, "--app", "durable"]);
     assert_eq!(machine(&s, "durable", &ticker)["state"], "stopped");
