@@ -553,3 +553,21 @@ fn diagnostics_serialize_with_every_field() {
         "warning: unknown key \"internal_prot\" in [http_service]; did you mean \"internal_port\"?\n  --> fly.toml:2:1"
     );
 }
+
+#[test]
+fn kill_timeout_above_five_minutes_is_clamped_with_a_warning() {
+    let src = "app = \"a\"\nkill_timeout = 600\n";
+    check(
+        src,
+        Severity::Warning,
+        DiagnosticKind::InvalidValue,
+        (2, 16),
+        "above the maximum of 5m",
+    );
+    let (cfg, _) = parse(src);
+    assert_eq!(cfg.unwrap().kill_timeout, Some(GoDuration::from_secs(300)));
+    assert_eq!(
+        clean("app = \"a\"\nkill_timeout = 300\n").kill_timeout,
+        Some(GoDuration::from_secs(300))
+    );
+}

@@ -416,6 +416,22 @@ impl<'a> Walker<'a> {
     }
 
     /// A duration: a Go duration string, or a number in the field's unit.
+    /// `kill_timeout`: seconds when a number; above Fly's maximum of 300 s it is clamped
+    /// with a warning (flyctl accepts such files, and a stop never waits longer).
+    fn kill_timeout(&mut self, node: &Node, path: &str) -> Option<GoDuration> {
+        let d = self.duration(node, path, NumberUnit::Seconds)?;
+        let max = crate::machine::MAX_STOP_TIMEOUT;
+        if d.0 > max {
+            self.warn(
+                node.offset,
+                path,
+                format!("\"kill_timeout\" of {d} is above the maximum of 5m; 5m is used"),
+            );
+            return Some(GoDuration(max));
+        }
+        Some(d)
+    }
+
     fn duration(&mut self, node: &Node, path: &str, unit: NumberUnit) -> Option<GoDuration> {
         match &node.value {
             NodeValue::Str(s) => match s.parse::<GoDuration>() {
@@ -575,7 +591,7 @@ impl<'a> Walker<'a> {
                         }
                     }
                 }
-                "kill_timeout" => cfg.kill_timeout = self.duration(n, p, NumberUnit::Seconds),
+                "kill_timeout" => cfg.kill_timeout = self.kill_timeout(n, p),
                 "swap_size_mb" => {
                     cfg.swap_size_mb = self.u64(n, p);
                     self.unsupported(e, "", "machines run without swap");
@@ -1953,7 +1969,7 @@ impl<'a> Walker<'a> {
                     x.machine_config = self.string(n, &p);
                     self.unsupported(e, path, "does not merge a base machine config");
                 }
-                "kill_timeout" => *kill_timeout = self.duration(n, &p, NumberUnit::Seconds),
+                "kill_timeout" => *kill_timeout = self.kill_timeout(n, &p),
                 "metrics_port" => {
                     metrics.0 = self.port(n, &p);
                     metrics.2 = e.key_offset;
