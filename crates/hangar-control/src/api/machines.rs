@@ -376,10 +376,13 @@ pub(super) async fn logs(
     };
     let headers = [(header::CONTENT_TYPE, "application/x-ndjson")];
     if q.follow {
+        // The stream ends when the server shuts down, so open followers never hold up a
+        // graceful shutdown.
         let stream = control
             .runtime
             .follow_logs(&rec.id, q.tail)
-            .map(move |r| r.map(&to_line).map_err(std::io::Error::other));
+            .map(move |r| r.map(&to_line).map_err(std::io::Error::other))
+            .take_until(control.shutdown.clone().cancelled_owned());
         return Ok((headers, Body::from_stream(stream)).into_response());
     }
     let runtime = control.runtime.clone();

@@ -645,3 +645,45 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     assert!(!images.to_string().contains("corrupt"), "{images}");
     assert!(!images.to_string().contains("evil"), "{images}");
 }
+
+#[test]
+fn sigterm_stops_the_server_promptly_even_with_log_followers_and_machines_keep_running() {
+    require_root!();
+    let mut s = Server::start();
+    s.import(&httpd_image(), "httpd:latest");
+    s.ok(&["apps", "create", "term"]);
+    s.ok(&["machine", "run", "httpd", "--app", "term", "--name", "web"]);
+    let m = machine_by_name(&s, "term", "web");
+    let id = m["id"].as_str().unwrap().to_owned();
+    let v4 = m["private_ipv4"].as_str().unwrap().to_owned();
+    let mut follower = Command::new(support::HANGAR)
+        .args(["logs", "--app", "term", "--machine", &id, "-f"])
+        .env("HANGAR_API_URL", &s.url)
+        .env("HANGAR_API_TOKEN", &s.token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // httpd logs each request: once the follower prints that line, it is connected.
+    curl(&format!("http://{v4}:8080/")).expect("httpd answers");
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(follower.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(!first.is_empty(), "the follower printed nothing");
+    let took = s.terminate();
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(
+        took < Duration::from_secs(10),
+        "SIGTERM took {took:?} with a log follower attached"
+    );
+    assert!(
+        curl(&format!("http://{v4}:8080/")).is_some(),
+        "the machine stopped with the server"
+    );
+    s.restart();
+    assert_eq!(machine(&s, "term", &id)["state"], "started");
+}

@@ -125,6 +125,28 @@ impl Server {
         }
     }
 
+    /// Sends SIGTERM to the server and waits for it to exit; returns how long that took.
+    pub fn terminate(&mut self) -> Duration {
+        let child = self.child.as_mut().expect("server running");
+        let started = Instant::now();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                self.child = None;
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the server did not exit after SIGTERM:\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the server again on the same data dir (a new port).
     pub fn restart(&mut self) {
         self.kill9();
