@@ -1,7 +1,7 @@
 //! The edge proxy inside a real server: routing by Host to healthy machines, draining.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -110,21 +110,20 @@ fn routes_by_host_to_healthy_machines_and_drains_without_errors() {
 
     // Stop m1 while a bounded load runs and a slow request is in flight on it: zero errors.
     let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let mut workers = Vec::new();
     for _ in 0..3 {
-        let (stop, failures, proxy) = (stop.clone(), failures.clone(), s.http);
+        let (stop, done, failures, proxy) = (stop.clone(), done.clone(), failures.clone(), s.http);
         workers.push(std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(30);
-            let mut n = 0;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let (code, body) = through_proxy(proxy, "edge.localhost", "/");
                 if code != 200 {
                     failures.lock().unwrap().push(format!("{code} {body}"));
                 }
-                n += 1;
+                done.fetch_add(1, Ordering::Relaxed);
             }
-            n
         }));
     }
     let slow: Vec<_> = (0..3)
@@ -133,13 +132,36 @@ fn routes_by_host_to_healthy_machines_and_drains_without_errors() {
             std::thread::spawn(move || through_proxy(proxy, "edge.localhost", "/slow?ms=2000"))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // The slow requests are in flight once the proxy counts them (metrics on the API listener).
+    eventually(
+        Duration::from_secs(10),
+        "the slow requests to be in flight",
+        || {
+            let metrics = std::process::Command::new("curl")
+                .args(["-sS", &format!("{}/metrics", s.url)])
+                .output()
+                .ok()?;
+            let in_flight: f64 = String::from_utf8_lossy(&metrics.stdout)
+                .lines()
+                .filter(|l| l.starts_with("hangar_proxy_in_flight{") && l.contains("app=\"edge\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            (in_flight >= 3.0).then_some(())
+        },
+    );
     let started = Instant::now();
     s.ok(&["machine", "stop", &m1, "--app", "edge"]);
     let stop_took = started.elapsed();
-    std::thread::sleep(Duration::from_millis(500));
+    // Keep the load on for a while after the stop: some more requests must complete.
+    let at_stop = done.load(Ordering::Relaxed);
+    eventually(Duration::from_secs(20), "requests after the stop", || {
+        (done.load(Ordering::Relaxed) >= at_stop + 20).then_some(())
+    });
     stop.store(true, Ordering::Relaxed);
-    let total: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let total = done.load(Ordering::Relaxed);
     for h in slow {
         let (code, body) = h.join().unwrap();
         assert_eq!(code, 200, "a slow in-flight request failed: {body}");
