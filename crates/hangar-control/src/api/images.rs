@@ -18,16 +18,13 @@ use tokio::io::AsyncWriteExt;
 use super::{JsonBody, Q};
 use crate::error::{ApiError, ApiResult};
 use crate::supervisor::Control;
+use crate::supervisor::blocking;
 
 pub(super) async fn list(
     State(control): State<Arc<Control>>,
 ) -> ApiResult<Json<Vec<ImageSummary>>> {
     let images = control.images.clone();
-    Ok(Json(
-        tokio::task::spawn_blocking(move || images.list())
-            .await
-            .map_err(ApiError::internal)??,
-    ))
+    Ok(Json(blocking(move || images.list()).await??))
 }
 
 #[derive(Deserialize)]
@@ -68,11 +65,7 @@ pub(super) async fn import(
         let images = control.images.clone();
         let p = path.clone();
         let tag = q.tag.clone();
-        Ok(
-            tokio::task::spawn_blocking(move || images.import_path(&p, tag.as_deref()))
-                .await
-                .map_err(ApiError::internal)??,
-        )
+        Ok(blocking(move || images.import_path(&p, tag.as_deref())).await??)
     }
     .await;
     let _ = tokio::fs::remove_file(&path).await;
@@ -115,9 +108,7 @@ pub(super) async fn remove(
 ) -> ApiResult<Json<Value>> {
     let images = control.images.clone();
     let n = name.clone();
-    let target = tokio::task::spawn_blocking(move || manifest_digest_of(&images, &n))
-        .await
-        .map_err(ApiError::internal)??;
+    let target = blocking(move || manifest_digest_of(&images, &n)).await??;
     for m in control.store.list_live_machines().await? {
         if m.image_ref.as_ref().is_some_and(|r| r.digest == target) {
             return Err(ApiError::Conflict(format!(
@@ -127,9 +118,7 @@ pub(super) async fn remove(
         }
     }
     let images = control.images.clone();
-    tokio::task::spawn_blocking(move || images.remove(&name))
-        .await
-        .map_err(ApiError::internal)??;
+    blocking(move || images.remove(&name)).await??;
     Ok(Json(json!({ "ok": true })))
 }
 
@@ -159,9 +148,7 @@ pub(super) async fn gc(State(control): State<Arc<Control>>) -> ApiResult<Json<Va
         .filter_map(|m| m.image_ref.map(|r| r.digest))
         .collect();
     let images = control.images.clone();
-    let report = tokio::task::spawn_blocking(move || images.gc(&in_use))
-        .await
-        .map_err(ApiError::internal)??;
+    let report = blocking(move || images.gc(&in_use)).await??;
     Ok(Json(
         json!({ "removed_blobs": report.removed_blobs, "removed_layers": report.removed_layers, "freed_bytes": report.freed_bytes }),
     ))

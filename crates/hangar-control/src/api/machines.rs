@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::{JsonBody, Q};
 use crate::error::{ApiError, ApiResult};
+use crate::supervisor::blocking;
 use crate::supervisor::{Control, LaunchRequest};
 
 /// Create and update bodies (Fly: `LaunchMachineInput`).
@@ -387,9 +388,8 @@ pub(super) async fn logs(
     }
     let runtime = control.runtime.clone();
     let id = rec.id.clone();
-    let lines = tokio::task::spawn_blocking(move || runtime.read_logs(&id, q.tail))
-        .await
-        .map_err(ApiError::internal)?
+    let lines = blocking(move || runtime.read_logs(&id, q.tail))
+        .await?
         .map_err(ApiError::internal)?;
     let mut body = Vec::new();
     for l in lines {
