@@ -31,6 +31,10 @@ macro_rules! require_root {
 
 pub struct Server {
     child: Option<Child>,
+    /// Held while the server lives: servers share host-wide names (bridges `hgbr<N>`,
+    /// the nft table, the address pools), so only one test server runs on a host at a
+    /// time, also across test processes.
+    _host_lock: std::fs::File,
     pub dir: tempfile::TempDir,
     pub url: String,
     pub token: String,
@@ -44,8 +48,16 @@ impl Server {
             .prefix("hangar-sys-")
             .tempdir_in("/tmp")
             .unwrap();
+        let host_lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/tmp/hangar-system-tests.lock")
+            .unwrap();
+        rustix::fs::flock(&host_lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
         let mut s = Server {
             child: None,
+            _host_lock: host_lock,
             dir,
             url: String::new(),
             token: String::new(),
