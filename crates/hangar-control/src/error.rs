@@ -16,6 +16,9 @@ pub enum ApiError {
     /// 401: missing or unknown token.
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: the token is valid but its scope does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such app, machine, image or route.
     #[error("{0}")]
     NotFound(String),
@@ -48,6 +51,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict(_) => StatusCode::CONFLICT,

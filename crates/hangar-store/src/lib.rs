@@ -65,6 +65,19 @@ pub struct AppRecord {
     pub created_at: String,
 }
 
+/// A token as stored (its digest stays in the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Row id.
+    pub id: i64,
+    /// `admin` (more kinds come with scoped tokens).
+    pub kind: String,
+    /// A name for people.
+    pub name: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
 /// A machine as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineRecord {
@@ -467,6 +480,23 @@ impl Store {
                 .fetch_optional(&self.reader)
                 .await?,
         )
+    }
+
+    /// The token with this digest, if any.
+    pub async fn token_by_digest(&self, digest: &str) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query("SELECT id, kind, name, created_at FROM tokens WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| {
+            Ok(TokenRecord {
+                id: r.try_get("id")?,
+                kind: r.try_get("kind")?,
+                name: r.try_get("name")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
     }
 
     /// Closes the pools.
