@@ -19,6 +19,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlitePool};
 
+mod releases;
+pub use releases::{DeployEvent, DeployRecord, NewDeploy, NewRelease, ReleaseRecord};
+
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -298,6 +301,13 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        for sql in [
+            "DELETE FROM deploy_events WHERE deploy_id IN (SELECT id FROM deploys WHERE app = $1)",
+            "DELETE FROM deploys WHERE app = $1",
+            "DELETE FROM releases WHERE app = $1",
+        ] {
+            sqlx::query(sql).bind(name).execute(&mut *tx).await?;
+        }
         let res = sqlx::query("DELETE FROM apps WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
