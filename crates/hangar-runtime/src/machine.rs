@@ -2,9 +2,14 @@
 //! every start, the per-machine shim that owns the container's stdio and records its
 //! exit, and the log files.
 //!
-//! On disk, per machine, `<root>/<id>/`: `config.json`, `rootfs/` (the overlay mount),
-//! `upper/`, `work/`, `shim.json`, `shim.pid`, `init.pid`, `exit.json`, `shim.log`,
-//! and `logs/`. runc's own state is under `runc_root/<id>/`.
+//! On disk, per machine, `<root>/<id>/`: `rootfs/` (the overlay mount), `upper/`,
+//! `work/`, `shim.json`, `shim.pid`, `init.pid`, `exit.json`, `shim.log`, and `logs/`.
+//! The runc bundle's `config.json` (it holds the machine's environment, secrets included)
+//! and runc's own state (`runc_root/<id>/`) live on a tmpfs outside the data dir
+//! ([`run_dir_for`]), so no clear-text secret is ever written to the data dir's disk.
+//!
+//! **Invariant:** the bundle's `config.json` exists only while `runc run` reads it: it is
+//! removed as soon as the shim has reported the start (or the failure).
 //!
 //! **Invariant:** the server never holds a container's pipes; the shim does. Killing the
 //! server stops no machine and loses no log line, and everything the server needs to
@@ -137,8 +142,10 @@ pub struct RuntimeOptions {
     pub root: PathBuf,
     /// The runc binary.
     pub runc: PathBuf,
-    /// runc's state directory: `<data>/runc`.
+    /// runc's state directory: `<run dir>/runc` on a tmpfs ([`run_dir_for`]).
     pub runc_root: PathBuf,
+    /// Where the runc bundles (`<id>/config.json`) are written: `<run dir>/bundles`.
+    pub bundle_root: PathBuf,
     /// The executable that runs the shim (the `hangar` binary itself).
     pub shim_exe: PathBuf,
     /// Arguments before the machine directory: `["shim"]` for `hangar shim <dir>`.
@@ -155,12 +162,18 @@ pub struct RuntimeOptions {
 
 impl RuntimeOptions {
     /// The defaults for a data directory and the `hangar` executable: runc at
-    /// `/usr/sbin/runc`, cgroup parent `hangar`, 4096 pids, 5 log files of 10 MiB.
+    /// `/usr/sbin/runc`, cgroup parent `hangar`, 4096 pids, 5 log files of 10 MiB, runc
+    /// state and bundles under [`run_dir_for`]`(data_dir)`.
     pub fn new(data_dir: &Path, shim_exe: PathBuf) -> RuntimeOptions {
+        // The bundle points runc at the rootfs by absolute path, because the bundle lives
+        // elsewhere: a relative `--data-dir` must not make it relative to the bundle.
+        let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        let run = run_dir_for(&data_dir);
         RuntimeOptions {
             root: data_dir.join("machines"),
             runc: PathBuf::from("/usr/sbin/runc"),
-            runc_root: data_dir.join("runc"),
+            runc_root: run.join("runc"),
+            bundle_root: run.join("bundles"),
             shim_exe,
             shim_args: vec!["shim".to_owned()],
             cgroup_parent: "hangar".to_owned(),
@@ -169,6 +182,17 @@ impl RuntimeOptions {
             log_files: 5,
         }
     }
+}
+
+/// Where a data dir's volatile runtime state lives: `/run/hangar/<16 hex chars of the
+/// SHA-256 of the data dir's absolute path>`. `/run` is a tmpfs on systemd hosts, so the
+/// bundles' `config.json` (which holds the machines' environment, secrets included)
+/// never reaches a disk, and each data dir (test servers included) gets its own.
+pub fn run_dir_for(data_dir: &Path) -> PathBuf {
+    use sha2::Digest as _;
+    let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    PathBuf::from("/run/hangar").join(&hex::encode(digest)[..16])
 }
 
 /// The network a machine joins.
@@ -280,6 +304,13 @@ fn mkdir_private(path: &Path) -> Result<(), RuntimeError> {
         .map_err(io_err("create directory", path))
 }
 
+fn remove_dir_if_present(path: &Path) -> Result<(), RuntimeError> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),
+        _ => Ok(()),
+    }
+}
+
 fn read_pid(path: &Path) -> Option<i32> {
     shim::parse_pid(&fs::read_to_string(path).ok()?)
 }
@@ -292,6 +323,7 @@ impl MachineRuntime {
         }
         mkdir_private(&opts.root)?;
         mkdir_private(&opts.runc_root)?;
+        mkdir_private(&opts.bundle_root)?;
         Ok(MachineRuntime {
             inner: Arc::new(Inner {
                 runc: Runc::new(&opts.runc, &opts.runc_root),
@@ -311,6 +343,11 @@ impl MachineRuntime {
     /// The directory of a machine.
     pub fn machine_dir(&self, id: &MachineId) -> PathBuf {
         self.inner.opts.root.join(id.as_str())
+    }
+
+    /// The runc bundle directory of a machine (on the tmpfs, only during a start).
+    pub fn bundle_dir(&self, id: &MachineId) -> PathBuf {
+        self.inner.opts.bundle_root.join(id.as_str())
     }
 
     fn cgroup_rel(&self, id: &MachineId) -> String {
@@ -417,18 +454,36 @@ impl MachineRuntime {
             nofile: self.inner.nofile,
         };
         let config = spec::spec_to_json(&spec::build_spec(&input)?);
-        let config_path = dir.join("config.json");
-        shim::write_atomic(
+        let bundle = self.bundle_dir(id);
+        mkdir_private(&bundle)?;
+        let config_path = bundle.join("config.json");
+        let written = shim::write_atomic(
             &config_path,
             &serde_json::to_vec_pretty(&config).unwrap_or_default(),
             false,
         )
-        .map_err(io_err("write", &config_path))?;
+        .map_err(io_err("write", &config_path));
+        let result = written.and_then(|()| self.write_shim_config_and_spawn(spec, dir, &bundle));
+        // runc has read the bundle by the time the shim reports, and never reads it again:
+        // the machine's environment is not kept anywhere but in the machine itself.
+        remove_dir_if_present(&bundle)?;
+        result
+    }
+
+    fn write_shim_config_and_spawn(
+        &self,
+        spec: &StartSpec,
+        dir: &Path,
+        bundle: &Path,
+    ) -> Result<Running, RuntimeError> {
+        let id = &spec.id;
+        let opts = &self.inner.opts;
         let shim_cfg = ShimConfig {
             machine_id: id.to_string(),
             instance_id: spec.instance_id.clone(),
             runc: opts.runc.clone(),
             runc_root: opts.runc_root.clone(),
+            bundle: bundle.to_path_buf(),
             cgroup: self.cgroup_rel(id),
             cgroup_mount: PathBuf::from(CGROUP_MOUNT),
             log_max_bytes: opts.log_max_bytes,
@@ -624,13 +679,8 @@ impl MachineRuntime {
             }
             _ => {}
         }
-        let state = self.inner.opts.runc_root.join(id.as_str());
-        match fs::remove_dir_all(&state) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(io_err("remove", &state)(e));
-            }
-            _ => {}
-        }
+        remove_dir_if_present(&self.inner.opts.runc_root.join(id.as_str()))?;
+        remove_dir_if_present(&self.bundle_dir(id))?;
         let rel = self.cgroup_rel(id);
         self.inner
             .cgroups

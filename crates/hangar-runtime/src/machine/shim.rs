@@ -34,6 +34,8 @@ pub struct ShimConfig {
     pub runc: PathBuf,
     /// runc's `--root`.
     pub runc_root: PathBuf,
+    /// The runc bundle (its `config.json`), outside the machine directory on a tmpfs.
+    pub bundle: PathBuf,
     /// The machine's cgroup relative to the hierarchy root, e.g. `hangar/<id>`.
     pub cgroup: String,
     /// Where cgroup hierarchies are mounted.
@@ -202,7 +204,7 @@ fn run(dir: &Path, log: &Arc<ShimLog>) -> Result<ExitRecord, String> {
             .arg("run")
             .arg("--detach")
             .arg("--bundle")
-            .arg(dir)
+            .arg(&cfg.bundle)
             .arg("--pid-file")
             .arg(&init_pid_path)
             .arg(id)

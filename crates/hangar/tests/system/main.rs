@@ -138,7 +138,7 @@ fn machines_run_are_reachable_isolated_per_org_and_destroy_leaves_nothing() {
     assert!(!mdir.exists(), "bundle dir left behind");
     let state = Command::new("runc")
         .arg("--root")
-        .arg(s.data_dir().join("runc"))
+        .arg(hangar_runtime::machine::run_dir_for(s.data_dir()).join("runc"))
         .args(["state", &id])
         .output()
         .unwrap();

@@ -271,7 +271,8 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
-        let runc_root = self.dir.path().join("runc");
+        let run_dir = hangar_runtime::machine::run_dir_for(self.dir.path());
+        let runc_root = run_dir.join("runc");
         for id in self.machine_ids_on_host() {
             let mdir = self.dir.path().join("machines").join(&id);
             let _ = Command::new("runc")
@@ -295,6 +296,8 @@ impl Drop for Server {
                 .args(["netns", "delete", &format!("hangar-{id}")])
                 .output();
         }
+        // runc's state and the bundles of this data dir live on the tmpfs, not in the dir.
+        let _ = std::fs::remove_dir_all(&run_dir);
         // Bridges of this server's organizations (the test pool's addresses only).
         if let Ok(out) = Command::new("ip")
             .args(["-o", "-4", "addr", "show"])
