@@ -21,6 +21,8 @@ use sqlx::{Row, SqlitePool};
 
 mod releases;
 pub use releases::{DeployEvent, DeployRecord, NewDeploy, NewRelease, ReleaseRecord};
+mod tokens;
+pub use tokens::{NewToken, TokenRecord};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -64,19 +66,6 @@ pub struct AppRecord {
     pub name: String,
     /// Its organization.
     pub org: Org,
-    /// RFC 3339.
-    pub created_at: String,
-}
-
-/// A token as stored (its digest stays in the store).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenRecord {
-    /// Row id.
-    pub id: i64,
-    /// `admin` (more kinds come with scoped tokens).
-    pub kind: String,
-    /// A name for people.
-    pub name: String,
     /// RFC 3339.
     pub created_at: String,
 }
@@ -466,47 +455,6 @@ impl Store {
                 })
             })
             .collect()
-    }
-
-    // ----- tokens -----
-
-    /// Stores a token digest.
-    pub async fn insert_token(&self, digest: &str, kind: &str, name: &str) -> Result<()> {
-        sqlx::query("INSERT INTO tokens (digest, kind, name, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(digest)
-            .bind(kind)
-            .bind(name)
-            .bind(now_rfc3339())
-            .execute(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    /// The kind of the token with this digest, if any.
-    pub async fn token_kind(&self, digest: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT kind FROM tokens WHERE digest = $1")
-                .bind(digest)
-                .fetch_optional(&self.reader)
-                .await?,
-        )
-    }
-
-    /// The token with this digest, if any.
-    pub async fn token_by_digest(&self, digest: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT id, kind, name, created_at FROM tokens WHERE digest = $1")
-            .bind(digest)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.map(|r| {
-            Ok(TokenRecord {
-                id: r.try_get("id")?,
-                kind: r.try_get("kind")?,
-                name: r.try_get("name")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .transpose()
     }
 
     /// Closes the pools.
