@@ -10,8 +10,11 @@
 //! **API boundary:** this crate is how the CLI and the whole-system tests talk to the
 //! server; it knows nothing of the server's internals.
 
+mod deploys;
 pub mod discovery;
 mod error;
+mod hostnames;
+mod secrets;
 mod stream;
 pub mod types;
 mod upload;
@@ -26,8 +29,11 @@ use reqwest::{Method, RequestBuilder, Response, Url};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+pub use deploys::{AppStatus, Deploy, DeployEvent, DeployRequest, Release, ScaleRequest, StatusMachine};
 pub use discovery::{Overrides, Settings, Token};
 pub use error::ClientError;
+pub use hostnames::Hostname;
+pub use secrets::{MasterKeyRotation, SecretInfo, SecretList, SecretsChanged};
 pub use stream::NdjsonStream;
 pub use types::*;
 

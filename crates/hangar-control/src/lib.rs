@@ -12,9 +12,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod build;
 pub mod checks;
+pub mod deploy;
 pub mod error;
 pub mod routing;
+pub mod secrets;
 pub mod supervisor;
 
 pub use error::ApiError;

@@ -5,7 +5,9 @@
 //! backend on its private IPv4 address and the service's internal port. The snapshot lists
 //! every machine with the reason it may not get traffic, so the proxy's 503s can say why.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use hangar_core::machine::{MachineService, MachineState};
@@ -14,10 +16,26 @@ use hangar_proxy::{
 };
 
 use crate::checks;
+use crate::deploy::machine_release;
 use crate::supervisor::Control;
 
 /// How long a request waits for a machine below its hard limit before a 503.
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The base domain of the last snapshot built. The API checks custom hostnames against it
+/// (names under `<app>.<domain>` belong to that app); `Control` has no domain of its own yet,
+/// and the server builds every snapshot with its one `--domain`.
+static BASE_DOMAIN: RwLock<String> = RwLock::new(String::new());
+
+/// The base domain apps are served under (`localhost` until the first snapshot is built).
+pub fn base_domain() -> String {
+    let domain = BASE_DOMAIN.read().unwrap_or_else(|e| e.into_inner());
+    if domain.is_empty() {
+        "localhost".to_owned()
+    } else {
+        domain.clone()
+    }
+}
 
 /// The service of a machine config that the edge proxy routes to: the first one with an
 /// `http` handler, preferring one published on port 80.
@@ -49,6 +67,27 @@ fn concurrency(service: &MachineService) -> Concurrency {
     }
 }
 
+/// Once a machine of a newer release is eligible, machines of older releases get no new
+/// requests (they are drained by the deploy that replaces them): clients see the old
+/// version until one moment and the new one after it. Machines no deploy made (no release)
+/// are not affected.
+fn prefer_newest_release(backends: &mut [Backend], releases: &[Option<i64>]) {
+    let newest = backends
+        .iter()
+        .zip(releases)
+        .filter(|(b, _)| b.status == BackendStatus::Eligible)
+        .filter_map(|(_, r)| *r)
+        .max();
+    let Some(newest) = newest else {
+        return;
+    };
+    for (b, r) in backends.iter_mut().zip(releases) {
+        if r.is_some_and(|r| r < newest) && b.status == BackendStatus::Eligible {
+            b.status = BackendStatus::Draining;
+        }
+    }
+}
+
 impl Control {
     /// The routing table as of now.
     pub async fn routing_snapshot(
@@ -57,7 +96,13 @@ impl Control {
         base_domain: &str,
     ) -> Result<RoutingSnapshot, hangar_store::StoreError> {
         let mut snapshot = RoutingSnapshot::new(version, base_domain, self.opts.region.clone());
-        for app in self.store.list_apps(None).await? {
+        base_domain.clone_into(&mut BASE_DOMAIN.write().unwrap_or_else(|e| e.into_inner()));
+        let mut custom: HashMap<String, Vec<String>> = HashMap::new();
+        for h in self.store.list_all_hostnames().await? {
+            custom.entry(h.app).or_default().push(h.hostname);
+        }
+        let apps = self.store.list_apps(None).await?;
+        for app in &apps {
             let mut route = AppRoute {
                 app: app.name.clone(),
                 concurrency: Concurrency::default(),
@@ -65,6 +110,7 @@ impl Control {
                 queue_timeout: QUEUE_TIMEOUT,
             };
             let mut have_concurrency = false;
+            let mut releases = Vec::new();
             for m in self.store.list_machines(&app.name, false).await? {
                 let Some(service) = http_service(&m.config.services) else {
                     continue;
@@ -81,6 +127,9 @@ impl Control {
                     BackendStatus::NotStarted
                 } else if self.is_draining(&m.id) {
                     BackendStatus::Draining
+                } else if self.is_held(&m.id) {
+                    // A blue-green machine waiting for the switch.
+                    BackendStatus::Unhealthy
                 } else if !checks::passing_for(
                     &self.check_statuses(&m.id),
                     &checks::check_specs(&m.config),
@@ -95,8 +144,25 @@ impl Control {
                     addr: SocketAddr::new(ip, service.internal_port),
                     status,
                 });
+                releases.push(machine_release(&m.config));
             }
-            snapshot.insert_app(route, &[]);
+            prefer_newest_release(&mut route.backends, &releases);
+            let hostnames = custom.remove(&app.name).unwrap_or_default();
+            snapshot.insert_app(route, &hostnames);
+        }
+        // The API keeps custom hostnames out of other apps' `<app>.<domain>` names, but an app
+        // created after a hostname was added may take its name: the app's own name wins.
+        for app in &apps {
+            let own = format!("{}.{}", app.name, snapshot.base_domain);
+            let shadowed = snapshot.apps.get(&own).is_some_and(|r| r.app != app.name);
+            let mine = shadowed
+                .then(|| snapshot.apps.values().find(|r| r.app == app.name).cloned())
+                .flatten();
+            if let Some(mine) = mine {
+                tracing::warn!(app = %app.name, hostname = %own,
+                    "a custom hostname of another app shadowed an app's own name; the app keeps it");
+                snapshot.apps.insert(own, mine);
+            }
         }
         Ok(snapshot)
     }
@@ -118,6 +184,28 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn newer_release_takes_the_traffic_once_eligible() {
+        let b = |id: &str, status| Backend {
+            machine_id: id.into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            status,
+        };
+        let mut backends = vec![
+            b("old", BackendStatus::Eligible),
+            b("new", BackendStatus::Unhealthy),
+            b("manual", BackendStatus::Eligible),
+        ];
+        let releases = [Some(1), Some(2), None];
+        prefer_newest_release(&mut backends, &releases);
+        assert_eq!(backends[0].status, BackendStatus::Eligible, "v2 is not healthy yet");
+        backends[1].status = BackendStatus::Eligible;
+        prefer_newest_release(&mut backends, &releases);
+        assert_eq!(backends[0].status, BackendStatus::Draining);
+        assert_eq!(backends[1].status, BackendStatus::Eligible);
+        assert_eq!(backends[2].status, BackendStatus::Eligible, "not a deploy's machine");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct ControlOptions {
     pub pool: NetPool,
     /// Host memory in MiB; a machine may not ask for more.
     pub host_memory_mb: u64,
+    /// Base domain of apps on the edge proxy (`<app>.<domain>`).
+    pub domain: String,
 }
 
 /// The control plane's shared state.
@@ -74,6 +76,10 @@ pub struct Control {
     /// up to the given timeout. Set by the server when the proxy runs.
     drainer: Mutex<Option<Arc<dyn Drainer>>>,
     http: reqwest::Client,
+    /// The master key, loaded by the server before it serves (`Control::load_master_key`).
+    pub(crate) secrets: std::sync::OnceLock<crate::secrets::Keyring>,
+    /// The deploy engine's shared state (blue-green holds, event wake-ups).
+    pub(crate) deploys: crate::deploy::Deploys,
 }
 
 /// Waits for a machine to have no request in flight (the edge proxy implements it).
@@ -187,6 +193,8 @@ impl Control {
             routing: watch::channel(0).0,
             drainer: Mutex::new(None),
             http: checks::client(false),
+            secrets: std::sync::OnceLock::new(),
+            deploys: crate::deploy::Deploys::new(),
         })
     }
 
@@ -482,7 +490,7 @@ impl Control {
     }
 
     /// Finds the image locally, pulling registry references that are missing.
-    async fn resolve_image(&self, reference: &str) -> ApiResult<ResolvedImage> {
+    pub(crate) async fn resolve_image(&self, reference: &str) -> ApiResult<ResolvedImage> {
         let images = self.images.clone();
         let r = reference.to_owned();
         match blocking(move || images.resolve(&r)).await? {
@@ -639,7 +647,7 @@ impl Control {
             instance_id: rec.instance_id.0.clone(),
             app: rec.app.clone(),
             config: rec.config.clone(),
-            env: self.platform_env(rec, &image),
+            env: self.machine_env(&rec.app, self.platform_env(rec, &image)).await?,
             network: Some(NetworkSpec {
                 netns_path: mnet.netns_path.clone(),
                 ipv4: Some(mnet.ipv4),

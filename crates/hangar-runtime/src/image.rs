@@ -201,7 +201,13 @@ struct Inner {
     /// One lock per diff_id being unpacked, so two machines starting together unpack a
     /// layer once.
     layer_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Extra gc roots (the registry's blobs), asked at every gc.
+    gc_roots: Mutex<Vec<GcRoots>>,
 }
+
+/// A source of blob digests gc must keep in addition to tagged and in-use images (the
+/// registry's pushed blobs and manifests). Called under the gc lock; an error fails the gc.
+pub type GcRoots = Arc<dyn Fn() -> Result<HashSet<String>, ImageError> + Send + Sync>;
 
 impl std::fmt::Debug for ImageStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -233,6 +239,7 @@ impl ImageStore {
                 index_lock: Mutex::new(()),
                 gc_lock: RwLock::new(()),
                 layer_locks: Mutex::new(HashMap::new()),
+                gc_roots: Mutex::new(Vec::new()),
             }),
         };
         if !store.index_path().exists() {
@@ -288,6 +295,88 @@ impl ImageStore {
         }
         let _gc = self.gc_shared();
         self.store_blob(&mut r, expected)
+    }
+
+    /// A streaming writer for a new blob in the store's `tmp/` directory (same filesystem,
+    /// so the commit is a rename). It hashes what it writes; [`BlobWriter::commit`] makes
+    /// the blob visible only when its digest matches.
+    pub fn blob_writer(&self) -> Result<BlobWriter, ImageError> {
+        BlobWriter::new(self)
+    }
+
+    /// Registers extra gc roots: blobs the registry holds must survive [`ImageStore::gc`].
+    pub fn add_gc_roots(&self, roots: GcRoots) {
+        self.inner
+            .gc_roots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(roots);
+    }
+
+    /// Records an image manifest already stored as a blob (pushed to the registry) under
+    /// `names` (`repo:tag`, normalised like tags), and as an image reachable by digest.
+    /// The manifest, its config and every layer blob must be present; layers are not
+    /// unpacked here but at the image's first start (so a push is not slowed down by
+    /// unpacking, and a bad layer fails that start with a clear error).
+    pub fn record_pushed_image(
+        &self,
+        names: &[String],
+        manifest_digest: &str,
+    ) -> Result<(), ImageError> {
+        let names = names
+            .iter()
+            .map(|n| tag_name(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let _gc = self.gc_shared();
+        let manifest = self.read_manifest(manifest_digest)?;
+        let config = self.read_config(&manifest.config.digest)?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(ImageError::BadArchive(format!(
+                "image {manifest_digest} has {} layers but its config lists {} diff_ids",
+                manifest.layers.len(),
+                config.rootfs.diff_ids.len()
+            )));
+        }
+        if let Some(missing) = manifest
+            .layers
+            .iter()
+            .find(|l| self.blob_path(&l.digest).is_none())
+        {
+            return Err(ImageError::NotFound(format!("layer blob {}", missing.digest)));
+        }
+        self.update_index(|idx| {
+            idx.images.insert(manifest_digest.to_string());
+            for name in &names {
+                idx.tags.insert(name.clone(), manifest_digest.to_string());
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes `names` that still point at `manifest_digest` (a tag deleted or moved in the
+    /// registry); with `forget_image`, the image is no longer listed by digest either
+    /// unless another tag names it. Blobs go at the next gc.
+    pub fn remove_pushed_names(
+        &self,
+        names: &[String],
+        manifest_digest: &str,
+        forget_image: bool,
+    ) -> Result<(), ImageError> {
+        let names = names
+            .iter()
+            .map(|n| tag_name(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.update_index(|idx| {
+            for name in &names {
+                if idx.tags.get(name).is_some_and(|d| d == manifest_digest) {
+                    idx.tags.remove(name);
+                }
+            }
+            if forget_image && !idx.tags.values().any(|d| d == manifest_digest) {
+                idx.images.remove(manifest_digest);
+            }
+            Ok(())
+        })
     }
 
     /// [`ImageStore::put_blob`] for callers that already hold the gc lock.
@@ -455,10 +544,13 @@ impl ImageStore {
             }
             ParsedReference::Named(named) => {
                 let key = named.canonical();
+                // `name@digest` pins the digest: the tag only names it while it still
+                // points there (a moved tag must not change what a release runs).
                 match (idx.tags.get(&key), &named.digest) {
-                    (Some(digest), _) => (Some(key), digest.clone()),
-                    (None, Some(digest)) if idx.images.contains(digest) => (None, digest.clone()),
-                    (None, _) => return Err(ImageError::NotFound(reference.to_string())),
+                    (Some(tagged), Some(digest)) if tagged == digest => (Some(key), digest.clone()),
+                    (_, Some(digest)) if idx.images.contains(digest) => (None, digest.clone()),
+                    (Some(tagged), None) => (Some(key), tagged.clone()),
+                    (_, _) => return Err(ImageError::NotFound(reference.to_string())),
                 }
             }
         };
@@ -628,9 +720,22 @@ impl ImageStore {
             .gc_lock
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let mut extra_roots: HashSet<String> = HashSet::new();
+        let providers = self
+            .inner
+            .gc_roots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for roots in providers {
+            extra_roots.extend(roots()?);
+        }
         let mut keep_manifests: BTreeSet<String> = BTreeSet::new();
         self.update_index(|idx| {
             keep_manifests = idx.tags.values().cloned().collect();
+            // An image pushed to the registry by digest only stays usable by digest for as
+            // long as the registry holds its manifest.
+            keep_manifests.extend(idx.images.iter().filter(|d| extra_roots.contains(*d)).cloned());
             // An image a machine uses is kept even if its tag was removed meanwhile: the
             // machine still needs its layers. It stays listed (untagged) until unused.
             keep_manifests.extend(
@@ -642,7 +747,7 @@ impl ImageStore {
             idx.images = keep_manifests.clone();
             Ok(())
         })?;
-        let mut keep_blobs: HashSet<String> = HashSet::new();
+        let mut keep_blobs: HashSet<String> = extra_roots;
         let mut keep_layers: HashSet<String> = HashSet::new();
         for digest in &keep_manifests {
             keep_blobs.insert(digest.clone());
@@ -760,7 +865,7 @@ fn image_config(config: &OciConfigFile) -> ImageConfig {
 
 /// Writes a blob to `tmp/` while hashing it; `commit` renames it into `blobs/` only when
 /// the digest matches. Dropping it uncommitted deletes the temporary file.
-pub(crate) struct BlobWriter {
+pub struct BlobWriter {
     file: tempfile::NamedTempFile,
     hasher: Sha256,
     size: u64,
@@ -781,8 +886,13 @@ impl BlobWriter {
         })
     }
 
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Verifies the digest and moves the blob into place. Returns its digest and size.
-    pub(crate) fn commit(mut self, expected: Option<&str>) -> Result<(String, u64), ImageError> {
+    pub fn commit(mut self, expected: Option<&str>) -> Result<(String, u64), ImageError> {
         let digest = sha256_digest(self.hasher.clone());
         if let Some(expected) = expected
             && expected != digest

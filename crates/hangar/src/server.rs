@@ -222,12 +222,17 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
             region: args.region.clone(),
             pool,
             host_memory_mb: pre.memory_mb,
+            domain: args.domain.clone(),
         },
     );
     control
         .reconcile()
         .await
         .context("reconciling the host with the store")?;
+    control
+        .resume_deploys()
+        .await
+        .context("resuming interrupted deploys")?;
 
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await

@@ -1,9 +1,13 @@
 //! The HTTP API: routes, request parsing, responses.
 
 mod apps;
+mod builds;
+mod hostnames;
+mod deploys;
 mod images;
 mod machines;
 mod orgs;
+mod secrets;
 
 use std::sync::Arc;
 
@@ -52,11 +56,44 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/apps/{app}/machines/{id}/wait", get(machines::wait))
         .route("/v1/apps/{app}/machines/{id}/events", get(machines::events))
         .route("/v1/apps/{app}/machines/{id}/logs", get(machines::logs))
+        .route(
+            "/v1/apps/{app}/deploys",
+            get(deploys::list).post(deploys::create),
+        )
+        .route("/v1/apps/{app}/deploys/{id}", get(deploys::get))
+        .route("/v1/apps/{app}/deploys/{id}/events", get(deploys::events))
+        .route("/v1/apps/{app}/releases", get(deploys::releases))
+        .route("/v1/apps/{app}/rollback", post(deploys::rollback))
+        .route("/v1/apps/{app}/scale", post(deploys::scale))
+        .route("/v1/apps/{app}/status", get(deploys::status))
+        .route(
+            "/v1/apps/{app}/hostnames",
+            get(hostnames::list).post(hostnames::add),
+        )
+        .route(
+            "/v1/apps/{app}/hostnames/{hostname}",
+            axum::routing::delete(hostnames::remove),
+        )
+        .route(
+            "/v1/apps/{app}/secrets",
+            get(secrets::list).post(secrets::update),
+        )
+        .route(
+            "/v1/apps/{app}/secrets/{name}",
+            get(secrets::get)
+                .post(secrets::set_one)
+                .delete(secrets::unset_one),
+        )
+        .route(
+            "/v1/secrets/rotate-master-key",
+            post(secrets::rotate_master_key),
+        )
         .route("/v1/orgs", get(orgs::list).post(orgs::create))
         .route("/v1/images", get(images::list))
         .route("/v1/images/import", post(images::import))
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/gc", post(images::gc))
+        .route("/v1/apps/{app}/builds", post(builds::create))
         .route("/v1/images/{name}", axum::routing::delete(images::remove))
         .route_layer(middleware::from_fn_with_state(
             control.clone(),
