@@ -2,6 +2,7 @@
 //! response body streamed back (which carries the machine's in-flight guard and pooled connection).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use tokio::time::Sleep;
 
+use crate::conn::RequestGuard;
 use crate::stats::InFlightGuard;
 
 /// Boxed error of the proxy's bodies.
@@ -26,20 +28,27 @@ pub struct UpstreamBody {
     inner: Option<Incoming>,
     timeout: Option<Duration>,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Keeps the client connection from going idle while its request body is being read.
+    guard: Option<Arc<RequestGuard>>,
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, timeout: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        inner: Incoming,
+        timeout: Option<Duration>,
+        guard: Option<&Arc<RequestGuard>>,
+    ) -> Self {
         // Bodies that are already complete (GET, HEAD) need neither polling nor a timer.
-        let inner = if inner.is_end_stream() {
-            None
+        let (inner, guard) = if inner.is_end_stream() {
+            (None, None)
         } else {
-            Some(inner)
+            (Some(inner), guard.cloned())
         };
         Self {
             inner,
             timeout,
             sleep: None,
+            guard,
         }
     }
 }
@@ -62,6 +71,7 @@ impl Body for UpstreamBody {
                 this.sleep = None;
                 if frame.is_none() {
                     this.inner = None;
+                    this.guard = None;
                 }
                 Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
             }
@@ -115,6 +125,33 @@ impl Drop for Streamed {
         {
             guard.stats().return_pooled(sender);
         }
+    }
+}
+
+/// A response body on an HTTP/1 client connection: keeps its request in progress (so the
+/// connection is not released to idle) until hyper has written the body and dropped it.
+pub(crate) struct ClientBody {
+    pub(crate) inner: ResponseBody,
+    pub(crate) _guard: Option<Arc<RequestGuard>>,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

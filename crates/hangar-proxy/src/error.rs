@@ -87,6 +87,21 @@ pub enum ProxyError {
     /// The client stopped sending its body.
     #[error("the request body stalled for longer than {0:?}; the request was cut")]
     ClientBodyTimeout(Duration),
+    /// The request line or a header could not be parsed.
+    #[error(
+        "the request is not valid HTTP/1.1: check the request line (`GET /path HTTP/1.1`) and that \
+         every header is `Name: value`"
+    )]
+    MalformedRequest,
+    /// The request head is larger than the proxy accepts.
+    #[error(
+        "the request headers are larger than {limit} bytes; send fewer or smaller headers (large \
+         cookies are the usual cause)"
+    )]
+    HeadersTooLarge { limit: usize },
+    /// The request target (path and query) is too long to parse.
+    #[error("the request target (path and query) is too long; shorten the URL")]
+    TargetTooLong,
 }
 
 fn unavailable_message(app: &str, reason: Unavailable, machines: usize) -> String {
@@ -126,6 +141,9 @@ impl ProxyError {
             Self::ConnectFailed { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::MalformedRequest => StatusCode::BAD_REQUEST,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::TargetTooLong => StatusCode::URI_TOO_LONG,
         }
     }
 
@@ -139,13 +157,16 @@ impl ProxyError {
             Self::UpstreamFailed { .. } => "upstream_failed",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::ClientBodyTimeout(_) => "client_body_timeout",
+            Self::MalformedRequest => "malformed_request",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
+            Self::TargetTooLong => "target_too_long",
         }
     }
 
-    /// Renders the error as JSON when the client accepts JSON, as text otherwise.
-    pub(crate) fn to_response(&self, wants_json: bool) -> Response<ResponseBody> {
+    /// The body and its content type: JSON when the client accepts JSON, text otherwise.
+    fn body(&self, wants_json: bool) -> (&'static str, String) {
         let message = self.to_string();
-        let (content_type, body) = if wants_json {
+        if wants_json {
             let body = serde_json::json!({
                 "error": message,
                 "code": self.code(),
@@ -154,7 +175,31 @@ impl ProxyError {
             ("application/json", format!("{body}\n"))
         } else {
             ("text/plain; charset=utf-8", format!("{message}\n"))
-        };
+        }
+    }
+
+    /// The whole HTTP/1.1 response, for errors answered before hyper has a request (the
+    /// connection closes after it).
+    pub(crate) fn to_raw_response(&self, wants_json: bool) -> Vec<u8> {
+        let (content_type, body) = self.body(wants_json);
+        let status = self.status();
+        let request_id = crate::headers::new_request_id();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
+             connection: close\r\nx-request-id: {}\r\n\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len(),
+            request_id.to_str().unwrap_or("0"),
+        )
+        .into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
+
+    /// Renders the error as JSON when the client accepts JSON, as text otherwise.
+    pub(crate) fn to_response(&self, wants_json: bool) -> Response<ResponseBody> {
+        let (content_type, body) = self.body(wants_json);
         let mut response = Response::new(ResponseBody::full(body));
         *response.status_mut() = self.status();
         response

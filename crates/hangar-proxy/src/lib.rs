@@ -16,6 +16,7 @@
 
 mod balance;
 mod body;
+mod conn;
 pub mod error;
 mod headers;
 mod metrics;

@@ -3,24 +3,27 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{ACCEPT, HOST, HeaderValue};
+use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::balance::{CompiledApp, CompiledBackend, CompiledSnapshot, NoPick};
-use crate::body::{BodyReadTimeout, ResponseBody, Streamed, UpstreamBody};
+use crate::body::{BodyReadTimeout, ClientBody, ResponseBody, Streamed, UpstreamBody};
+use crate::conn::{self, ClientIo, ConnShared, RequestGuard};
 use crate::error::{ProxyError, Unavailable};
 use crate::headers::{self, ClientInfo, X_REQUEST_ID};
 use crate::metrics::Metrics;
@@ -43,6 +46,10 @@ pub struct ProxyOptions {
     pub upstream_timeout: Duration,
     /// Largest request head accepted (at least 8 KiB); larger ones get a 431.
     pub max_header_bytes: usize,
+    /// How long an HTTP/1.1 keep-alive connection may sit idle before its HTTP state
+    /// (hyper's buffers, about 17 KiB) is freed; the socket stays open and the state is made
+    /// again when the next request arrives. Zero frees it as soon as a response is sent.
+    pub idle_release_after: Duration,
     /// Requests of one app that may wait for a machine below its hard limit; more get a 503.
     pub max_queue_per_app: usize,
     /// Logs one line per request (target `hangar_proxy::access`) when set.
@@ -60,11 +67,18 @@ impl Default for ProxyOptions {
             body_read_timeout: Some(Duration::from_secs(60)),
             upstream_timeout: Duration::from_secs(60),
             max_header_bytes: 64 * 1024,
+            idle_release_after: Duration::from_millis(500),
             max_queue_per_app: 1024,
             access_log: false,
             region: "local".to_owned(),
         }
     }
+}
+
+/// hyper's connection settings, made once per listener.
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
 }
 
 /// The edge proxy. Cheap to share: [`Proxy::new`] returns an `Arc`.
@@ -210,19 +224,18 @@ impl Proxy {
         shutdown: CancellationToken,
     ) -> io::Result<()> {
         let listen_port = listener.local_addr()?.port();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(self.opts.header_read_timeout)
             .max_buf_size(self.opts.max_header_bytes.max(8192))
             .keep_alive(true);
-        builder
-            .http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.opts.max_header_bytes).unwrap_or(u32::MAX));
-        let builder = Arc::new(builder);
-        let graceful = GracefulShutdown::new();
+        let builders = Arc::new(Builders { http1, http2 });
+        let connections = TaskTracker::new();
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -237,30 +250,141 @@ impl Proxy {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let client = ClientInfo::new(peer.ip(), listen_port);
-            let proxy = self.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                let client = client.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
-            });
-            let builder = builder.clone();
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(err) = conn.await {
-                    tracing::debug!(error = %err, "client connection ended with an error");
-                }
-            });
+            let shared = ConnShared::new(ClientInfo::new(peer.ip(), listen_port));
+            connections.spawn(self.clone().serve_client(
+                stream,
+                shared,
+                builders.clone(),
+                shutdown.clone(),
+            ));
         }
         drop(listener);
-        graceful.shutdown().await;
+        connections.close();
+        connections.wait().await;
         Ok(())
     }
 
-    async fn handle(&self, req: Request<Incoming>, client: ClientInfo) -> Response<ResponseBody> {
+    /// Serves one client connection (see `conn` for why idle HTTP/1 connections hold no
+    /// hyper state).
+    async fn serve_client(
+        self: Arc<Self>,
+        stream: TcpStream,
+        shared: Arc<ConnShared>,
+        builders: Arc<Builders>,
+        shutdown: CancellationToken,
+    ) {
+        let idle_timeout = self.opts.header_read_timeout;
+        let h2 = tokio::select! {
+            () = shutdown.cancelled() => return,
+            h2 = conn::first_bytes_are_h2(&stream, idle_timeout) => h2,
+        };
+        match h2 {
+            None => return,
+            Some(true) => {
+                let proxy = self.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    let shared = shared.clone();
+                    async move {
+                        Ok::<_, Infallible>(Box::pin(proxy.handle(req, &shared.client, None)).await)
+                    }
+                });
+                // Boxed: inline, the HTTP/2 state would enlarge every connection's task.
+                let mut conn = Box::pin(
+                    builders
+                        .http2
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+                let result = tokio::select! {
+                    result = conn.as_mut() => result,
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "client connection ended with an error");
+                }
+                return;
+            }
+            Some(false) => {}
+        }
+        let mut stream = stream;
+        let mut prefix = Bytes::new();
+        // Bounded by the client: every iteration serves at least one readable event, and
+        // idle waits end after the idle timeout.
+        loop {
+            if prefix.is_empty() {
+                let readable = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    readable = tokio::time::timeout(idle_timeout, stream.readable()) => readable,
+                };
+                if !matches!(readable, Ok(Ok(()))) {
+                    return;
+                }
+            }
+            shared.may_release_after_replay(!prefix.is_empty());
+            let io = ClientIo::new(
+                stream,
+                shared.clone(),
+                std::mem::take(&mut prefix),
+                self.opts.idle_release_after,
+                self.opts.max_header_bytes,
+            );
+            let proxy = self.clone();
+            let service_shared = shared.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let proxy = proxy.clone();
+                let shared = service_shared.clone();
+                // Counted before hyper polls anything else: from here on, a read that finds
+                // no data must wait, not report the connection idle.
+                let upgrade = headers::is_upgrade_request(req.headers());
+                let guard = shared.start_request(upgrade);
+                async move {
+                    let response = Box::pin(proxy.handle(req, &shared.client, Some(&guard))).await;
+                    Ok::<_, Infallible>(response.map(|inner| ClientBody {
+                        inner,
+                        _guard: Some(guard),
+                    }))
+                }
+            });
+            // Boxed, so an idle connection's task is small.
+            let mut conn = Box::new(
+                builders
+                    .http1
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades(),
+            );
+            let result = tokio::select! {
+                result = &mut *conn => result,
+                () = shutdown.cancelled() => {
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    (&mut *conn).await
+                }
+            };
+            // `None`: the connection was upgraded and the socket belongs to the tunnel.
+            let Some(parts) = (*conn).into_parts() else {
+                return;
+            };
+            let io = parts.io.into_inner();
+            if !io.released || io.closed || shutdown.is_cancelled() {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "client connection ended with an error");
+                }
+                return;
+            }
+            // Released while idle: what hyper read but did not use is replayed next time.
+            stream = io.stream;
+            prefix = parts.read_buf;
+        }
+    }
+
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: &ClientInfo,
+        guard: Option<&Arc<RequestGuard>>,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let wants_json = req
             .headers()
@@ -273,19 +397,20 @@ impl Proxy {
         };
         let method = self.opts.access_log.then(|| req.method().clone());
         let path = self.opts.access_log.then(|| req.uri().path().to_owned());
-        let (mut response, app_name, machine) = match self.route(req, &request_id, &client).await {
-            Ok((response, app, machine)) => (response, Some(app), Some(machine)),
-            Err((err, app)) => {
-                let response = err.to_response(wants_json);
-                if let Some(app) = &app {
-                    app.metrics.count(response.status().as_u16());
-                    if let ProxyError::Unavailable { reason, .. } = &err {
-                        self.metrics.unavailable(&app.metrics, reason.label());
+        let (mut response, app_name, machine) =
+            match self.route(req, &request_id, client, guard).await {
+                Ok((response, app, machine)) => (response, Some(app), Some(machine)),
+                Err((err, app)) => {
+                    let response = err.to_response(wants_json);
+                    if let Some(app) = &app {
+                        app.metrics.count(response.status().as_u16());
+                        if let ProxyError::Unavailable { reason, .. } = &err {
+                            self.metrics.unavailable(&app.metrics, reason.label());
+                        }
                     }
+                    (response, app, None)
                 }
-                (response, app, None)
-            }
-        };
+            };
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -318,6 +443,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         request_id: &HeaderValue,
         client: &ClientInfo,
+        guard: Option<&Arc<RequestGuard>>,
     ) -> Result<
         (Response<ResponseBody>, Arc<CompiledApp>, String),
         (ProxyError, Option<Arc<CompiledApp>>),
@@ -403,8 +529,10 @@ impl Proxy {
             );
         }
         parts.version = Version::HTTP_11;
-        let upstream_req =
-            Request::from_parts(parts, UpstreamBody::new(body, self.opts.body_read_timeout));
+        let upstream_req = Request::from_parts(
+            parts,
+            UpstreamBody::new(body, self.opts.body_read_timeout, guard),
+        );
 
         let (mut response, guard, sender) =
             match self.forward(&app, upstream_req, first, upgrade).await {

@@ -247,6 +247,21 @@ async fn malformed_requests_are_400() {
     proxy.proxy.publish(snapshot(1, vec![]));
     let (answer, _) = raw_exchange(proxy.addr, b"THIS IS NOT HTTP\r\n\r\n", EVENTUALLY).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("content-type: text/plain"), "{answer}");
+    assert!(answer.contains("x-request-id: "), "{answer}");
+    assert!(answer.contains("is not valid HTTP/1.1"), "{answer}");
+    // A bad header line, from a client that accepts JSON: the answer is JSON.
+    let (answer, _) = raw_exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: app.localhost\r\nAccept: application/json\r\nBad Header\r\n\r\n",
+        EVENTUALLY,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let body: serde_json::Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["code"], "malformed_request", "{answer}");
+    assert_eq!(body["status"], 400, "{answer}");
     // HTTP/1.0 allows a request without Host; the proxy cannot route it.
     let (answer, _) = raw_exchange(proxy.addr, b"GET / HTTP/1.0\r\n\r\n", EVENTUALLY).await;
     assert!(answer.starts_with("HTTP/1.0 400"), "{answer}");
@@ -265,6 +280,123 @@ async fn oversized_headers_are_431() {
         "{}",
         &answer[..answer.len().min(200)]
     );
+    assert!(answer.contains("larger than 16384 bytes"), "{answer}");
+    // A client that accepts JSON gets JSON (the head is scanned as it arrives, up to where
+    // hyper stops reading it).
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: app.localhost\r\nAccept: application/json\r\nX-Big: {big}\r\n\r\n"
+    );
+    let (answer, _) = raw_exchange(proxy.addr, request.as_bytes(), EVENTUALLY).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(
+        answer.contains("content-type: application/json"),
+        "{answer}"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["code"], "headers_too_large", "{answer}");
+    // Proxied 4xx answers of the machine are never mistaken for the proxy's own.
+    let a = Upstream::start("a").await;
+    proxy.proxy.publish(snapshot(
+        2,
+        vec![route(
+            "app",
+            ConcurrencyKind::Requests,
+            vec![a.backend(BackendStatus::Eligible)],
+        )],
+    ));
+    let (answer, _) = raw_exchange(
+        proxy.addr,
+        b"GET /missing HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n",
+        EVENTUALLY,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.ends_with("no such page"), "{answer}");
+}
+
+/// Reads one HTTP/1.1 response with a `content-length` from a raw keep-alive connection.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let complete = |out: &[u8]| {
+        let text = String::from_utf8_lossy(out);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let length: usize = head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })?;
+        (body.len() >= length).then(|| text.into_owned())
+    };
+    tokio::time::timeout(EVENTUALLY, async {
+        loop {
+            if let Some(text) = complete(&out) {
+                return text;
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "the proxy closed the connection: {}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("no complete response in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_pipelining_and_split_heads_survive_idle_release() {
+    use tokio::io::AsyncWriteExt;
+    let a = Upstream::start("a").await;
+    // Released at once (the test default), so every pause below releases the connection.
+    let proxy = start_proxy(test_options()).await;
+    proxy.proxy.publish(snapshot(
+        1,
+        vec![route(
+            "app",
+            ConcurrencyKind::Requests,
+            vec![a.backend(BackendStatus::Eligible)],
+        )],
+    ));
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n";
+    for _ in 0..3 {
+        stream.write_all(request).await.unwrap();
+        let answer = read_response(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // Two pipelined requests in one write: two answers, in order.
+    let two = [&request[..], &request[..]].concat();
+    stream.write_all(&two).await.unwrap();
+    for _ in 0..2 {
+        let answer = read_response(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // A head split by a pause (the connection is released while half of it is buffered),
+    // then a body sent after the head.
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: app.loc")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream
+        .write_all(b"alhost\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(b"hello").await.unwrap();
+    let answer = read_response(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n5"), "{answer}");
+    // And the connection still serves.
+    stream.write_all(request).await.unwrap();
+    let answer = read_response(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(a.requests(), 7);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

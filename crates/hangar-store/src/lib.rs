@@ -21,6 +21,8 @@ use sqlx::{Row, SqlitePool};
 
 mod releases;
 pub use releases::{DeployEvent, DeployRecord, NewDeploy, NewRelease, ReleaseRecord};
+mod hostnames;
+pub use hostnames::HostnameRecord;
 mod tokens;
 pub use tokens::{NewToken, TokenRecord};
 

@@ -198,6 +198,10 @@ async fn serve(name: String, mut req: Request<Incoming>) -> Result<Response<Body
                 .body(full(""))
                 .unwrap()
         }
+        "/missing" => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(full("no such page"))
+            .unwrap(),
         _ => Response::new(full(name.clone())),
     };
     let mut response = response;
@@ -232,6 +236,9 @@ pub fn test_options() -> ProxyOptions {
         body_read_timeout: Some(Duration::from_secs(5)),
         upstream_timeout: Duration::from_secs(10),
         max_header_bytes: 16 * 1024,
+        // Every test runs with idle connections released at once, so each keep-alive request
+        // also goes through the release and re-attach path.
+        idle_release_after: Duration::ZERO,
         max_queue_per_app: 100,
         access_log: false,
         region: "test".to_owned(),

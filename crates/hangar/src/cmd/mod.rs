@@ -2,6 +2,7 @@
 
 pub mod apps;
 pub mod config;
+pub mod domains;
 pub mod images;
 pub mod logs;
 pub mod machine;
@@ -77,6 +78,9 @@ pub enum Command {
     Images(images::ImagesCommand),
     /// Print (and follow) a machine's output.
     Logs(logs::LogsArgs),
+    /// Route custom hostnames (www.example.com) to an app; Fly's `certs` without TLS yet.
+    #[command(subcommand, visible_alias = "certs")]
+    Domains(domains::DomainsCommand),
     /// Check and print the app config (hangar.toml or fly.toml); no server needed.
     Config(config::ConfigArgs),
     /// The per-machine supervisor the server starts; not for people.
@@ -119,6 +123,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Machine(c) => block_on(machine::run(&ctx, c)),
         Command::Images(c) => block_on(images::run(&ctx, c)),
         Command::Logs(args) => block_on(logs::run(&ctx, args)),
+        Command::Domains(c) => block_on(domains::run(&ctx, c)),
         Command::Config(mut args) => {
             args.json = ctx.out.json;
             config::run(&args)

@@ -197,3 +197,92 @@ fn routes_by_host_to_healthy_machines_and_drains_without_errors() {
         "metrics have no series for the app: {text}"
     );
 }
+
+#[test]
+fn custom_hostnames_route_to_their_app_until_removed() {
+    require_root!();
+    let s = Server::start();
+    s.import(&testapp_image(), "testapp:latest");
+    s.ok(&["apps", "create", "site"]);
+    s.ok(&["apps", "create", "other"]);
+    let m = create(&s, "site", "m1", &http_config(&[], None));
+
+    // Not routed before it is added.
+    let (code, body) = through_proxy(s.http, "www.example.com", "/");
+    assert_eq!(code, 404, "{body}");
+
+    // Added through the CLI (mixed case and a trailing dot are normalised), listed by both.
+    let added = s.json(&["domains", "add", "WWW.Example.com.", "--app", "site"]);
+    assert_eq!(added["hostname"], "www.example.com", "{added}");
+    let listed = s.json(&["domains", "list", "--app", "site"]);
+    assert_eq!(listed[0]["hostname"], "www.example.com", "{listed}");
+    let (code, list) = s.api("GET", "/v1/apps/site/hostnames", None);
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["hostnames"].as_array().unwrap().len(), 1, "{list}");
+
+    // The proxy routes the name (any case, with a port) to the app's machine.
+    let body = eventually(
+        Duration::from_secs(15),
+        "the custom hostname to reach the app",
+        || {
+            let (code, body) = through_proxy(s.http, "www.EXAMPLE.com:80", "/");
+            (code == 200).then_some(body)
+        },
+    );
+    assert!(body.contains(&m), "served by another machine: {body}");
+    // The app's own name still works.
+    let (code, _) = through_proxy(s.http, "site.localhost", "/");
+    assert_eq!(code, 200);
+
+    // Bad input: readable 4xx answers.
+    let post = |app: &str, host: &str| {
+        s.api(
+            "POST",
+            &format!("/v1/apps/{app}/hostnames"),
+            Some(&json!({ "hostname": host }).to_string()),
+        )
+    };
+    let (code, err) = post("site", "not a host");
+    assert_eq!(code, 400, "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("invalid label"),
+        "{err}"
+    );
+    let (code, err) = post("site", "10.1.2.3");
+    assert_eq!(code, 400, "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("IP address"),
+        "{err}"
+    );
+    let (code, err) = post("other", "www.example.com");
+    assert_eq!(code, 409, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("app site"), "{err}");
+    let (code, err) = post("site", "www.example.com");
+    assert_eq!(code, 409, "{err}");
+    let (code, err) = post("site", "x.other.localhost");
+    assert_eq!(code, 409, "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("app other"),
+        "{err}"
+    );
+    let (code, err) = post("nope", "nope.example.com");
+    assert_eq!(code, 404, "{err}");
+    let (code, err) = s.api("DELETE", "/v1/apps/other/hostnames/www.example.com", None);
+    assert_eq!(code, 404, "{err}");
+    let out = s.hangar(&["domains", "add", "www.example.com", "--app", "other"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("belongs to app site"), "{stderr}");
+
+    // Removed: the proxy answers 404 for it again, the app's own name keeps working.
+    s.ok(&["domains", "remove", "www.example.com", "--app", "site"]);
+    eventually(
+        Duration::from_secs(15),
+        "the removed hostname to stop routing",
+        || (through_proxy(s.http, "www.example.com", "/").0 == 404).then_some(()),
+    );
+    let (code, _) = through_proxy(s.http, "site.localhost", "/");
+    assert_eq!(code, 200);
+    let listed = s.json(&["domains", "list", "--app", "site"]);
+    assert_eq!(listed, json!([]), "{listed}");
+}
