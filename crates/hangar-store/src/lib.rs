@@ -23,6 +23,8 @@ mod releases;
 pub use releases::{DeployEvent, DeployRecord, NewDeploy, NewRelease, ReleaseRecord};
 mod hostnames;
 pub use hostnames::HostnameRecord;
+mod secrets;
+pub use secrets::{AppKeyRecord, SecretChange, SecretRecord};
 mod tokens;
 pub use tokens::{NewToken, TokenRecord};
 
@@ -296,6 +298,8 @@ impl Store {
             "DELETE FROM deploy_events WHERE deploy_id IN (SELECT id FROM deploys WHERE app = $1)",
             "DELETE FROM deploys WHERE app = $1",
             "DELETE FROM releases WHERE app = $1",
+            "DELETE FROM secrets WHERE app = $1",
+            "DELETE FROM app_keys WHERE app = $1",
         ] {
             sqlx::query(sql).bind(name).execute(&mut *tx).await?;
         }

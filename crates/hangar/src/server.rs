@@ -47,6 +47,10 @@ pub struct ServerArgs {
     /// Log one line per proxied request.
     #[arg(long, env = "HANGAR_ACCESS_LOG")]
     pub access_log: bool,
+    /// The master key that encrypts app secrets (32 bytes, 0600), created on first start
+    /// [default: <data-dir>/master.key]. Back it up: without it no secret can be decrypted.
+    #[arg(long, env = "HANGAR_MASTER_KEY_FILE", value_name = "PATH")]
+    pub master_key_file: Option<PathBuf>,
     /// Once listening, write the API's bound address (line 1) and the proxy's (line 2) to
     /// this file (for scripts and tests using port 0).
     #[arg(long)]
@@ -225,6 +229,16 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
             domain: args.domain.clone(),
         },
     );
+    // Before reconcile: machines it restarts need their secrets.
+    let master_key = args
+        .master_key_file
+        .clone()
+        .unwrap_or_else(|| data.join("master.key"));
+    let master_key_id = control
+        .load_master_key(&master_key)
+        .await
+        .context("loading the master key of app secrets")?;
+    tracing::info!(path = %master_key.display(), master_key_id, "master key loaded");
     control
         .reconcile()
         .await

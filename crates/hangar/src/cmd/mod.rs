@@ -7,6 +7,7 @@ pub mod images;
 pub mod logs;
 pub mod machine;
 pub mod orgs;
+pub mod secrets;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -81,6 +82,9 @@ pub enum Command {
     /// Route custom hostnames (www.example.com) to an app; Fly's `certs` without TLS yet.
     #[command(subcommand, visible_alias = "certs")]
     Domains(domains::DomainsCommand),
+    /// Set, unset, list and import app secrets (encrypted, write-only).
+    #[command(subcommand, visible_alias = "secret")]
+    Secrets(secrets::SecretsCommand),
     /// Check and print the app config (hangar.toml or fly.toml); no server needed.
     Config(config::ConfigArgs),
     /// The per-machine supervisor the server starts; not for people.
@@ -124,6 +128,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Images(c) => block_on(images::run(&ctx, c)),
         Command::Logs(args) => block_on(logs::run(&ctx, args)),
         Command::Domains(c) => block_on(domains::run(&ctx, c)),
+        Command::Secrets(c) => block_on(secrets::run(&ctx, c)),
         Command::Config(mut args) => {
             args.json = ctx.out.json;
             config::run(&args)
