@@ -239,6 +239,7 @@ fn operations_declare_auth_params_and_json_errors() {
     let codes: BTreeSet<u16> = [
         ApiError::BadRequest(String::new()),
         ApiError::Unauthorized(String::new()),
+        ApiError::Forbidden(String::new()),
         ApiError::NotFound(String::new()),
         ApiError::Timeout(String::new()),
         ApiError::Conflict(String::new()),

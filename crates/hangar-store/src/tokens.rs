@@ -179,7 +179,9 @@ impl Store {
         match row {
             None => return Err(StoreError::NotFound(format!("token {id} not found"))),
             Some((_, Some(_))) => {
-                return Err(StoreError::Conflict(format!("token {id} is already revoked")));
+                return Err(StoreError::Conflict(format!(
+                    "token {id} is already revoked"
+                )));
             }
             Some((kind, None)) if kind == "admin" => {
                 let others: i64 = sqlx::query_scalar(
@@ -208,13 +210,12 @@ impl Store {
     /// Revokes every token scoped to an app (when the app is deleted, so that a new app
     /// of the same name does not inherit them). Returns how many were revoked.
     pub async fn revoke_app_tokens(&self, app: &str) -> Result<u64> {
-        let res = sqlx::query(
-            "UPDATE tokens SET revoked_at = $2 WHERE app = $1 AND revoked_at IS NULL",
-        )
-        .bind(app)
-        .bind(now_rfc3339())
-        .execute(&self.writer)
-        .await?;
+        let res =
+            sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE app = $1 AND revoked_at IS NULL")
+                .bind(app)
+                .bind(now_rfc3339())
+                .execute(&self.writer)
+                .await?;
         Ok(res.rows_affected())
     }
 
@@ -244,7 +245,10 @@ mod tests {
         let (_dir, store) = store().await;
         let default = store.ensure_org("default").await.unwrap();
         let acme = store.create_org("acme").await.unwrap();
-        store.insert_token("d-admin", "admin", "file").await.unwrap();
+        store
+            .insert_token("d-admin", "admin", "file")
+            .await
+            .unwrap();
         let deploy = store
             .create_token(&NewToken {
                 digest: "d-deploy".into(),
@@ -290,9 +294,17 @@ mod tests {
                 .await,
             Err(StoreError::Conflict(_))
         ));
-        store.touch_token(deploy.id, "2026-01-01T00:00:00Z").await.unwrap();
+        store
+            .touch_token(deploy.id, "2026-01-01T00:00:00Z")
+            .await
+            .unwrap();
         assert_eq!(
-            store.get_token(deploy.id).await.unwrap().last_used_at.as_deref(),
+            store
+                .get_token(deploy.id)
+                .await
+                .unwrap()
+                .last_used_at
+                .as_deref(),
             Some("2026-01-01T00:00:00Z")
         );
     }
@@ -329,7 +341,14 @@ mod tests {
             Err(StoreError::NotFound(_))
         ));
         // Revoked tokens drop out of the list.
-        assert!(store.list_tokens(None).await.unwrap().iter().all(|t| t.id != a1.id));
+        assert!(
+            store
+                .list_tokens(None)
+                .await
+                .unwrap()
+                .iter()
+                .all(|t| t.id != a1.id)
+        );
 
         for (digest, app) in [("w1", "web"), ("w2", "web"), ("o1", "other")] {
             store

@@ -16,13 +16,16 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use super::{JsonBody, Q};
+use crate::auth::{Access, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::supervisor::Control;
 use crate::supervisor::blocking;
 
 pub(super) async fn list(
     State(control): State<Arc<Control>>,
+    caller: Caller,
 ) -> ApiResult<Json<Vec<ImageSummary>>> {
+    caller.check_images(Access::Read)?;
     let images = control.images.clone();
     Ok(Json(blocking(move || images.list()).await??))
 }
@@ -35,9 +38,11 @@ pub(super) struct ImportQuery {
 /// Streams the upload to a temporary file (never held in memory), then imports it.
 pub(super) async fn import(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     Q(q): Q<ImportQuery>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Vec<ImageSummary>>)> {
+    caller.check_images(Access::Write)?;
     let tmp_dir = control.images.root().join("tmp");
     let path = tmp_dir.join(format!("upload-{}.tar", hangar_core::MachineId::generate()));
     let result = async {
@@ -84,8 +89,10 @@ pub(super) struct PullInput {
 
 pub(super) async fn pull(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     JsonBody(input): JsonBody<PullInput>,
 ) -> ApiResult<(StatusCode, Json<ImageSummary>)> {
+    caller.check_images(Access::Write)?;
     let auth = match (input.username, input.password) {
         (Some(username), Some(password)) => PullAuth::Basic { username, password },
         (None, None) => PullAuth::Anonymous,
@@ -104,8 +111,12 @@ pub(super) async fn pull(
 
 pub(super) async fn remove(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    // Images are shared by every organization on the host: removing one is the host's
+    // administrator's decision.
+    caller.require_admin()?;
     let images = control.images.clone();
     let n = name.clone();
     let target = blocking(move || manifest_digest_of(&images, &n)).await??;
@@ -139,7 +150,11 @@ fn manifest_digest_of(images: &ImageStore, name: &str) -> Result<String, ImageEr
     }
 }
 
-pub(super) async fn gc(State(control): State<Arc<Control>>) -> ApiResult<Json<Value>> {
+pub(super) async fn gc(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
     let in_use: HashSet<String> = control
         .store
         .list_live_machines()

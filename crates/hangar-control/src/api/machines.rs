@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{JsonBody, Q};
+use crate::auth::{Access, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::supervisor::blocking;
 use crate::supervisor::{Control, LaunchRequest};
@@ -47,10 +48,11 @@ pub(super) struct ListQuery {
 
 pub(super) async fn list(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     Path(app): Path<String>,
     Q(q): Q<ListQuery>,
 ) -> ApiResult<Json<Vec<hangar_core::Machine>>> {
-    control.store.get_app(&app).await?;
+    control.authorize_app(&caller, &app, Access::Read).await?;
     let states: Option<Vec<MachineState>> = q
         .state
         .as_deref()
@@ -84,9 +86,11 @@ pub(super) async fn list(
 
 pub(super) async fn create(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     Path(app): Path<String>,
     JsonBody(input): JsonBody<LaunchInput>,
 ) -> ApiResult<Json<hangar_core::Machine>> {
+    control.authorize_app(&caller, &app, Access::Write).await?;
     if let Some(region) = &input.region
         && !region.is_empty()
         && region != &control.opts.region
@@ -111,17 +115,21 @@ pub(super) async fn create(
 
 pub(super) async fn get(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<hangar_core::Machine>> {
+    control.authorize_app(&caller, &app, Access::Read).await?;
     let rec = control.machine_record(&app, &id).await?;
     Ok(Json(control.machine_view(&rec).await?))
 }
 
 pub(super) async fn update(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     Path((app, id)): Path<(String, String)>,
     JsonBody(input): JsonBody<LaunchInput>,
 ) -> ApiResult<Json<hangar_core::Machine>> {
+    control.authorize_app(&caller, &app, Access::Write).await?;
     let rec = control
         .update_machine(
             &app,
@@ -147,9 +155,11 @@ pub(super) struct DestroyQuery {
 
 pub(super) async fn destroy(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     Path((app, id)): Path<(String, String)>,
     Q(q): Q<DestroyQuery>,
 ) -> ApiResult<Json<Value>> {
+    control.authorize_app(&caller, &app, Access::Write).await?;
     control
         .destroy_machine(&app, &id, q.force || q.kill)
         .await?;
@@ -158,8 +168,10 @@ pub(super) async fn destroy(
 
 pub(super) async fn start(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
+    control.authorize_app(&caller, &app, Access::Write).await?;
     let previous = control.start_machine(&app, &id).await?;
     Ok(Json(
         json!({ "message": "started", "status": "started", "previous_state": previous }),
@@ -209,9 +221,11 @@ pub(super) struct StopInput {
 
 pub(super) async fn stop(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     Path((app, id)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
+    control.authorize_app(&caller, &app, Access::Write).await?;
     let input: StopInput = if body.iter().all(u8::is_ascii_whitespace) {
         StopInput::default()
     } else {
@@ -232,9 +246,11 @@ pub(super) struct RestartQuery {
 
 pub(super) async fn restart(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     Path((app, id)): Path<(String, String)>,
     Q(q): Q<RestartQuery>,
 ) -> ApiResult<Json<Value>> {
+    control.authorize_app(&caller, &app, Access::Write).await?;
     let signal = q
         .signal
         .as_deref()
@@ -263,9 +279,11 @@ pub(super) struct SignalInput {
 
 pub(super) async fn signal(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     Path((app, id)): Path<(String, String)>,
     JsonBody(input): JsonBody<SignalInput>,
 ) -> ApiResult<Json<Value>> {
+    control.authorize_app(&caller, &app, Access::Write).await?;
     control
         .signal_machine(&app, &id, input.signal.number()?)
         .await?;
@@ -282,9 +300,11 @@ pub(super) struct WaitQuery {
 
 pub(super) async fn wait(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     Path((app, id)): Path<(String, String)>,
     Q(q): Q<WaitQuery>,
 ) -> ApiResult<Json<Value>> {
+    control.authorize_app(&caller, &app, Access::Read).await?;
     let want: MachineState = q
         .state
         .as_deref()
@@ -337,9 +357,11 @@ pub(super) struct EventsQuery {
 
 pub(super) async fn events(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     Path((app, id)): Path<(String, String)>,
     Q(q): Q<EventsQuery>,
 ) -> ApiResult<Json<Value>> {
+    control.authorize_app(&caller, &app, Access::Read).await?;
     let rec = control.machine_record(&app, &id).await?;
     let events = control
         .store
@@ -359,9 +381,11 @@ pub(super) struct LogsQuery {
 
 pub(super) async fn logs(
     State(control): State<Arc<Control>>,
+    caller: Caller,
     Path((app, id)): Path<(String, String)>,
     Q(q): Q<LogsQuery>,
 ) -> ApiResult<Response> {
+    control.authorize_app(&caller, &app, Access::Read).await?;
     let rec = control.machine_record(&app, &id).await?;
     let machine_id = rec.id.to_string();
     let instance_id = rec.instance_id.0.clone();

@@ -8,6 +8,7 @@ mod images;
 mod machines;
 mod orgs;
 mod secrets;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -89,6 +90,8 @@ pub fn router(control: Arc<Control>) -> Router {
             post(secrets::rotate_master_key),
         )
         .route("/v1/orgs", get(orgs::list).post(orgs::create))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/v1/images", get(images::list))
         .route("/v1/images/import", post(images::import))
         .route("/v1/images/pull", post(images::pull))
