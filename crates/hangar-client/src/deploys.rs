@@ -148,6 +148,8 @@ pub struct AppStatus {
     pub org: String,
     /// Host name on the edge proxy.
     pub hostname: String,
+    /// URL on the edge proxy.
+    pub url: String,
     /// Current release.
     #[serde(default)]
     pub release: Option<Release>,

@@ -106,8 +106,10 @@ pub struct AppStatus {
     pub app: String,
     /// Organization slug.
     pub org: String,
-    /// The URL of the app on the edge proxy.
+    /// The app's host name on the edge proxy.
     pub hostname: String,
+    /// The app's URL on the edge proxy.
+    pub url: String,
     /// The release the app runs.
     #[schema(value_type = Option<Object>)]
     pub release: Option<ReleaseRecord>,
@@ -285,7 +287,10 @@ impl Control {
         }
         let strategy = req.strategy.unwrap_or(resolved.deploy.strategy);
         if strategy == Strategy::Bluegreen
-            && resolved.groups.values().any(|g| !g.machine.mounts.is_empty())
+            && resolved
+                .groups
+                .values()
+                .any(|g| !g.machine.mounts.is_empty())
         {
             return Err(ApiError::Unprocessable(
                 "the bluegreen strategy cannot be used by apps with volumes (a volume is attached to one machine at a time): use rolling".into(),
@@ -302,7 +307,11 @@ impl Control {
             let have = u32::try_from(have).unwrap_or(u32::MAX);
             counts.insert(
                 group.clone(),
-                if have > 0 { have } else { req.count.unwrap_or(1) },
+                if have > 0 {
+                    have
+                } else {
+                    req.count.unwrap_or(1)
+                },
             );
         }
         let new_release = NewRelease {
@@ -378,12 +387,16 @@ impl Control {
         count: u32,
         created_by: &str,
     ) -> ApiResult<DeployRecord> {
-        let current = self.store.current_release(&app.name).await?.ok_or_else(|| {
-            ApiError::Conflict(format!(
-                "app {} has no release yet: deploy it first with `hangar deploy`",
-                app.name
-            ))
-        })?;
+        let current = self
+            .store
+            .current_release(&app.name)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Conflict(format!(
+                    "app {} has no release yet: deploy it first with `hangar deploy`",
+                    app.name
+                ))
+            })?;
         let resolved: ResolvedApp = serde_json::from_value(current.resolved.clone())
             .map_err(|e| ApiError::Internal(format!("stored release does not parse: {e}")))?;
         if let Some(g) = group
@@ -392,7 +405,12 @@ impl Control {
             return Err(ApiError::Unprocessable(format!(
                 "app {} has no process group {g:?}; its groups: {}",
                 app.name,
-                resolved.groups.keys().cloned().collect::<Vec<_>>().join(", ")
+                resolved
+                    .groups
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let machines = self.managed_machines(&app.name).await?;
@@ -437,12 +455,16 @@ impl Control {
         memory_mb: Option<u64>,
         created_by: &str,
     ) -> ApiResult<DeployRecord> {
-        let current = self.store.current_release(&app.name).await?.ok_or_else(|| {
-            ApiError::Conflict(format!(
-                "app {} has no release yet: deploy it first with `hangar deploy`",
-                app.name
-            ))
-        })?;
+        let current = self
+            .store
+            .current_release(&app.name)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Conflict(format!(
+                    "app {} has no release yet: deploy it first with `hangar deploy`",
+                    app.name
+                ))
+            })?;
         if let Some(s) = size
             && hangar_core::config::preset(s).is_none()
         {
@@ -495,7 +517,9 @@ impl Control {
             strategy: Some(Strategy::Rolling),
             count: None,
         };
-        self.start_deploy(&app, req, "secrets", "secrets").await.map(Some)
+        self.start_deploy(&app, req, "secrets", "secrets")
+            .await
+            .map(Some)
     }
 
     /// The image's manifest digest; registry references are pulled when missing.
@@ -541,10 +565,7 @@ impl Control {
 
     async fn run_deploy(self: Arc<Self>, d: DeployRecord) {
         let result = if d.status == "rolling_back" {
-            Err(d
-                .reason
-                .clone()
-                .unwrap_or_else(|| "interrupted".to_owned()))
+            Err(d.reason.clone().unwrap_or_else(|| "interrupted".to_owned()))
         } else {
             self.deploy_phases(&d).await
         };
@@ -787,7 +808,9 @@ impl Control {
         let _ = follower.await;
         let runtime = self.runtime.clone();
         let id = m.id.clone();
-        if let Ok(Ok(lines)) = tokio::task::spawn_blocking(move || runtime.read_logs(&id, None)).await {
+        if let Ok(Ok(lines)) =
+            tokio::task::spawn_blocking(move || runtime.read_logs(&id, None)).await
+        {
             let skip = forwarded.load(std::sync::atomic::Ordering::SeqCst);
             for line in lines.into_iter().skip(skip) {
                 self.deploy_event(&d.id, "log", &line.message, Some(&m.id))
@@ -822,7 +845,13 @@ impl Control {
             .iter()
             .filter(|e| e.kind == "exit")
             .max_by_key(|e| e.timestamp)
-            .and_then(|e| e.request.as_ref()?.get("exit_event")?.get("exit_code")?.as_i64())
+            .and_then(|e| {
+                e.request
+                    .as_ref()?
+                    .get("exit_event")?
+                    .get("exit_code")?
+                    .as_i64()
+            })
     }
 
     /// Started, and every check passing (a machine without checks is healthy once started).
@@ -849,10 +878,19 @@ impl Control {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut updates = self.routing_updates();
         loop {
-            let m = self.store.get_machine(id).await.map_err(|e| e.to_string())?;
+            let m = self
+                .store
+                .get_machine(id)
+                .await
+                .map_err(|e| e.to_string())?;
             if self.machine_healthy(&m) {
-                self.deploy_event(&d.id, "machine", &format!("machine {id} is healthy"), Some(id))
-                    .await;
+                self.deploy_event(
+                    &d.id,
+                    "machine",
+                    &format!("machine {id} is healthy"),
+                    Some(id),
+                )
+                .await;
                 return Ok(());
             }
             if let Some(code) = self.last_exit_code(id).await {
@@ -1008,7 +1046,10 @@ impl Control {
                 Ok::<MachineId, Reason>(id)
             }
         });
-        futures_util::future::join_all(tasks).await.into_iter().collect()
+        futures_util::future::join_all(tasks)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// Brings the app's managed machines to release `rel` with the deploy's counts.
@@ -1077,9 +1118,10 @@ impl Control {
                         green.push(m.id.clone());
                     }
                     let missing = target.saturating_sub(u32::try_from(new.len()).unwrap_or(0));
-                    let created = futures_util::future::join_all((0..missing).map(|_| {
-                        self.create_release_machine(d, rel, &resolved, g, true)
-                    }))
+                    let created = futures_util::future::join_all(
+                        (0..missing)
+                            .map(|_| self.create_release_machine(d, rel, &resolved, g, true)),
+                    )
                     .await;
                     for c in created {
                         green.push(c?);
@@ -1125,9 +1167,7 @@ impl Control {
                         let step = if canary_done { batch } else { 1 };
                         let create = missing.min(step);
                         if create > 0 {
-                            let ids = self
-                                .add_healthy(d, rel, &resolved, g, create, true)
-                                .await?;
+                            let ids = self.add_healthy(d, rel, &resolved, g, create, true).await?;
                             if !canary_done {
                                 self.deploy_event(
                                     &d.id,
@@ -1139,7 +1179,12 @@ impl Control {
                                 canary_done = true;
                             }
                             for id in ids {
-                                new.push(self.store.get_machine(&id).await.map_err(|e| e.to_string())?);
+                                new.push(
+                                    self.store
+                                        .get_machine(&id)
+                                        .await
+                                        .map_err(|e| e.to_string())?,
+                                );
                             }
                         }
                         // Surge: old machines go only after their replacements are healthy,
@@ -1212,6 +1257,10 @@ impl Control {
             app: app.name.clone(),
             org: app.org.slug.clone(),
             hostname: format!("{}.{}", app.name, self.opts.domain),
+            url: match self.opts.http_port {
+                80 => format!("http://{}.{}/", app.name, self.opts.domain),
+                port => format!("http://{}.{}:{port}/", app.name, self.opts.domain),
+            },
             release,
             deploy,
             machines,

@@ -45,6 +45,8 @@ pub struct ControlOptions {
     pub host_memory_mb: u64,
     /// Base domain of apps on the edge proxy (`<app>.<domain>`).
     pub domain: String,
+    /// Port of the edge proxy, for the URLs the API shows.
+    pub http_port: u16,
 }
 
 /// The control plane's shared state.
@@ -647,7 +649,9 @@ impl Control {
             instance_id: rec.instance_id.0.clone(),
             app: rec.app.clone(),
             config: rec.config.clone(),
-            env: self.machine_env(&rec.app, self.platform_env(rec, &image)).await?,
+            env: self
+                .machine_env(&rec.app, self.platform_env(rec, &image))
+                .await?,
             network: Some(NetworkSpec {
                 netns_path: mnet.netns_path.clone(),
                 ipv4: Some(mnet.ipv4),

@@ -227,6 +227,7 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
             pool,
             host_memory_mb: pre.memory_mb,
             domain: args.domain.clone(),
+            http_port: args.http_listen.port(),
         },
     );
     // Before reconcile: machines it restarts need their secrets.
@@ -310,7 +311,19 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
             }
         }),
     );
-    let app = hangar_control::api::router(control.clone()).merge(metrics);
+    // The OCI registry shares the API listener under /v2/ and stores into the image
+    // store, so a pushed image runs as a machine without a copy (docs/registry.md).
+    let oci_registry = hangar_registry::Registry::open(
+        control.images.clone(),
+        &data.join("registry"),
+        Arc::new(hangar_control::registry::ControlAuthorizer::new(
+            control.clone(),
+        )),
+    )
+    .context("opening the registry's metadata")?;
+    let app = hangar_control::api::router(control.clone())
+        .merge(metrics)
+        .merge(hangar_registry::router(oci_registry));
     let shutdown = control.shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -1,13 +1,16 @@
 //! The command tree of the `hangar` CLI (`docs/cli.md` describes every command).
 
 pub mod apps;
+pub mod build;
 pub mod config;
+pub mod deploy;
 pub mod domains;
 pub mod images;
 pub mod logs;
 pub mod machine;
 pub mod orgs;
 pub mod secrets;
+pub mod tokens;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -71,12 +74,29 @@ pub enum Command {
     /// Create and list organizations (tenants with their own private network).
     #[command(subcommand, visible_alias = "org")]
     Orgs(orgs::OrgsCommand),
+    /// Create, list and revoke API tokens (admin, org, per-app deploy, read-only).
+    #[command(subcommand, visible_alias = "token")]
+    Tokens(tokens::TokensCommand),
     /// Run and manage machines.
     #[command(subcommand, visible_alias = "machines")]
     Machine(machine::MachineCommand),
     /// Import, pull, list and remove images.
     #[command(subcommand, visible_alias = "image")]
     Images(images::ImagesCommand),
+    /// Create an app from a directory (Dockerfile or fly.toml), write hangar.toml, deploy it.
+    Launch(deploy::LaunchArgs),
+    /// Deploy the app: build or take an image, make a release, replace machines without
+    /// dropping requests.
+    Deploy(deploy::DeployArgs),
+    /// Show an app's release, deploy in progress and machines.
+    Status(deploy::AppOpt),
+    /// List an app's releases.
+    Releases(deploy::AppOpt),
+    /// Deploy an earlier release again (as a new release).
+    Rollback(deploy::RollbackArgs),
+    /// Change the number or size of an app's machines.
+    #[command(subcommand)]
+    Scale(deploy::ScaleCommand),
     /// Print (and follow) a machine's output.
     Logs(logs::LogsArgs),
     /// Route custom hostnames (www.example.com) to an app; Fly's `certs` without TLS yet.
@@ -87,6 +107,18 @@ pub enum Command {
     Secrets(secrets::SecretsCommand),
     /// Check and print the app config (hangar.toml or fly.toml); no server needed.
     Config(config::ConfigArgs),
+    /// Build an image from a Dockerfile on the server (buildah); prints the image name.
+    Build(build::BuildArgs),
+    /// Joins a build's cgroup, then runs buildah; the server starts it, not people.
+    #[command(hide = true)]
+    BuildExec {
+        /// The `cgroup.procs` file of the build's cgroup.
+        #[arg(long, value_name = "FILE")]
+        cgroup_procs: PathBuf,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// The per-machine supervisor the server starts; not for people.
     #[command(hide = true)]
     Shim {
@@ -124,15 +156,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(args) => server::run(args).map(|()| ExitCode::SUCCESS),
         Command::Apps(c) => block_on(apps::run(&ctx, c)),
         Command::Orgs(c) => block_on(orgs::run(&ctx, c)),
+        Command::Tokens(c) => block_on(tokens::run(&ctx, c)),
         Command::Machine(c) => block_on(machine::run(&ctx, c)),
         Command::Images(c) => block_on(images::run(&ctx, c)),
         Command::Logs(args) => block_on(logs::run(&ctx, args)),
+        Command::Launch(args) => block_on(deploy::launch(&ctx, args)),
+        Command::Deploy(args) => block_on(deploy::deploy(&ctx, args)),
+        Command::Status(app) => block_on(deploy::status(&ctx, app)),
+        Command::Releases(app) => block_on(deploy::releases(&ctx, app)),
+        Command::Rollback(args) => block_on(deploy::rollback(&ctx, args)),
+        Command::Scale(c) => block_on(deploy::scale(&ctx, c)),
         Command::Domains(c) => block_on(domains::run(&ctx, c)),
         Command::Secrets(c) => block_on(secrets::run(&ctx, c)),
         Command::Config(mut args) => {
             args.json = ctx.out.json;
             config::run(&args)
         }
+        Command::Build(args) => block_on(build::run(&ctx, args)),
+        Command::BuildExec {
+            cgroup_procs,
+            command,
+        } => build::exec_in_cgroup(&cgroup_procs, &command),
         Command::Shim { dir } => Ok(hangar_runtime::machine::run_shim(&dir)),
     }
 }

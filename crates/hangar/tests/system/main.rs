@@ -5,7 +5,10 @@
 
 #[macro_use]
 mod support;
+mod deploy;
 mod proxy;
+mod registry;
+mod secrets;
 
 use std::path::Path;
 use std::process::Command;
