@@ -16,6 +16,7 @@ pub mod build;
 pub mod checks;
 pub mod deploy;
 pub mod error;
+pub mod registry;
 pub mod routing;
 pub mod secrets;
 pub mod supervisor;
