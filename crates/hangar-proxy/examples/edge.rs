@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
             listen: listen.parse()?,
             ..ProxyOptions::default()
         };
-        // For experiments: `EDGE_IDLE_RELEASE_MS=0` releases idle connections at once.
+        // For experiments: `EDGE_IDLE_RELEASE_MS=500` keeps idle connections' HTTP state 500 ms.
         if let Ok(ms) = std::env::var("EDGE_IDLE_RELEASE_MS") {
             opts.idle_release_after = Duration::from_millis(ms.parse()?);
         }

@@ -350,10 +350,18 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_pipelining_and_split_heads_survive_idle_release() {
+    // Released at once (the test default), so every pause below releases the connection,
+    // and after a short idle delay, which runs the release timer.
+    keep_alive_across_release(Duration::ZERO).await;
+    keep_alive_across_release(Duration::from_millis(20)).await;
+}
+
+async fn keep_alive_across_release(release_after: Duration) {
     use tokio::io::AsyncWriteExt;
     let a = Upstream::start("a").await;
-    // Released at once (the test default), so every pause below releases the connection.
-    let proxy = start_proxy(test_options()).await;
+    let mut opts = test_options();
+    opts.idle_release_after = release_after;
+    let proxy = start_proxy(opts).await;
     proxy.proxy.publish(snapshot(
         1,
         vec![route(
