@@ -515,13 +515,13 @@ impl Keyring {
                 .map(|m| m.permissions().mode() & 0o777)
                 .unwrap_or(0);
             if mode & 0o077 != 0 {
-                fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(
-                    |source| SecretsError::KeyFile {
+                fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+                    SecretsError::KeyFile {
                         what: "restrict the permissions of",
                         path: path.to_path_buf(),
                         source,
-                    },
-                )?;
+                    }
+                })?;
                 tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the master key file was readable by others; changed it to 0600");
             }
             key
@@ -583,10 +583,13 @@ impl Keyring {
             // A rotation is under way: wait for it, then read both again.
             let _turn = self.change.lock().await;
             let master = self.current();
-            let rec = store.app_key(app).await?.ok_or_else(|| SecretsError::Unwrap {
-                app: app.to_owned(),
-                key_id: master.id().to_owned(),
-            })?;
+            let rec = store
+                .app_key(app)
+                .await?
+                .ok_or_else(|| SecretsError::Unwrap {
+                    app: app.to_owned(),
+                    key_id: master.id().to_owned(),
+                })?;
             return master.unwrap(app, &rec.wrapped_key).map(Some);
         }
         if !create {
@@ -842,7 +845,10 @@ mod tests {
         let mut bad = ct.clone();
         bad[0] ^= 1;
         assert!(key.decrypt("web", "DB_PASSWORD", &nonce, &bad).is_err());
-        assert!(key.decrypt("web", "DB_PASSWORD", &nonce[..12], &ct).is_err());
+        assert!(
+            key.decrypt("web", "DB_PASSWORD", &nonce[..12], &ct)
+                .is_err()
+        );
         assert!(
             DataKey::generate()
                 .decrypt("web", "DB_PASSWORD", &nonce, &ct)
@@ -896,7 +902,11 @@ mod tests {
         check("DATABASE_URL", 10, None);
         check("_x1", 0, None);
         check("K", MAX_SECRET_BYTES, None);
-        check("K", MAX_SECRET_BYTES + 1, Some("the value of K is 65537 bytes; at most 65536"));
+        check(
+            "K",
+            MAX_SECRET_BYTES + 1,
+            Some("the value of K is 65537 bytes; at most 65536"),
+        );
         check("1BAD", 1, Some("1BAD"));
         check("BAD-NAME", 1, Some("BAD-NAME"));
         check("", 1, Some("invalid secret name"));
@@ -927,8 +937,20 @@ mod tests {
         ring.data_key(&store, "web", true).await.unwrap().unwrap();
         let again = Keyring::load(&path, &store).await.unwrap();
         assert_eq!(again.current().id(), id);
-        assert!(again.data_key(&store, "web", false).await.unwrap().is_some());
-        assert!(again.data_key(&store, "api", false).await.unwrap().is_none());
+        assert!(
+            again
+                .data_key(&store, "web", false)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            again
+                .data_key(&store, "api", false)
+                .await
+                .unwrap()
+                .is_none()
+        );
         // Another key file does not match the stored data keys.
         let other = dir.path().join("other.key");
         MasterKey::generate().write(&other).unwrap();
@@ -964,7 +986,10 @@ mod tests {
         assert_eq!(rotation.old_master_key_id, old.id());
         assert_ne!(fs::read(&path).unwrap(), old_bytes);
         assert!(!sibling(&path, ".new").exists());
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         for rec in store.list_app_keys().await.unwrap() {
             assert_eq!(rec.master_key_id, rotation.master_key_id);
             assert!(old.unwrap(&rec.app, &rec.wrapped_key).is_err());
@@ -972,10 +997,20 @@ mod tests {
         // The data key did not change: old ciphertexts still open, in this process and
         // after a restart with the new file.
         let web2 = ring.data_key(&store, "web", false).await.unwrap().unwrap();
-        assert_eq!(web2.decrypt("web", "K", &nonce, &ct).unwrap().expose(), "value");
+        assert_eq!(
+            web2.decrypt("web", "K", &nonce, &ct).unwrap().expose(),
+            "value"
+        );
         let reloaded = Keyring::load(&path, &store).await.unwrap();
-        let web3 = reloaded.data_key(&store, "web", false).await.unwrap().unwrap();
-        assert_eq!(web3.decrypt("web", "K", &nonce, &ct).unwrap().expose(), "value");
+        let web3 = reloaded
+            .data_key(&store, "web", false)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            web3.decrypt("web", "K", &nonce, &ct).unwrap().expose(),
+            "value"
+        );
     }
 
     #[tokio::test]

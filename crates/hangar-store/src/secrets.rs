@@ -253,9 +253,8 @@ impl Store {
         .bind(app)
         .fetch_optional(&mut *tx)
         .await?;
-        let version = version.ok_or_else(|| {
-            StoreError::NotFound(format!("app {app:?} has no data key yet"))
-        })?;
+        let version = version
+            .ok_or_else(|| StoreError::NotFound(format!("app {app:?} has no data key yet")))?;
         tx.commit().await?;
         Ok(version)
     }

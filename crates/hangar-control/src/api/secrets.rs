@@ -127,14 +127,10 @@ pub(super) async fn update(
     app_for(&control, &caller, &app, Access::Write).await?;
     let mut body = object(&body)?;
     let stage = stage_field(&body)?;
-    let values = match body.remove("values") {
-        Some(Value::Object(values)) => values,
-        _ => {
-            return Err(ApiError::BadRequest(
-                "missing values: send {\"values\": {\"NAME\": \"value\"}} (null unsets NAME)"
-                    .into(),
-            ));
-        }
+    let Some(Value::Object(values)) = body.remove("values") else {
+        return Err(ApiError::BadRequest(
+            "missing values: send {\"values\": {\"NAME\": \"value\"}} (null unsets NAME)".into(),
+        ));
     };
     if let Some(unknown) = body.keys().find(|k| *k != "stage") {
         return Err(ApiError::BadRequest(format!(
@@ -192,14 +188,12 @@ pub(super) async fn set_one(
     validate_secret_name(&name)?;
     let mut body = object(&body)?;
     let stage = stage_field(&body)?;
-    let value = match body.remove("value") {
-        Some(Value::String(s)) => SecretValue::new(s),
-        _ => {
-            return Err(ApiError::BadRequest(format!(
-                "missing value: send {{\"value\": \"...\"}} to set {name}"
-            )));
-        }
+    let Some(Value::String(value)) = body.remove("value") else {
+        return Err(ApiError::BadRequest(format!(
+            "missing value: send {{\"value\": \"...\"}} to set {name}"
+        )));
     };
+    let value = SecretValue::new(value);
     let version = control
         .change_secrets(&app, BTreeMap::from([(name.clone(), Some(value))]))
         .await?;

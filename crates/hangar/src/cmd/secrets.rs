@@ -74,7 +74,9 @@ pub struct ApplyArgs {
 fn parse_pair(arg: &str, stdin_used: &mut bool) -> anyhow::Result<(String, Zeroizing<String>)> {
     let Some((name, value)) = arg.split_once('=') else {
         // The argument may be a value typed without its name: do not echo it.
-        bail!("an argument to `secrets set` has no '=': write NAME=VALUE (or NAME=- to read the value from stdin)");
+        bail!(
+            "an argument to `secrets set` has no '=': write NAME=VALUE (or NAME=- to read the value from stdin)"
+        );
     };
     if value == "-" {
         if *stdin_used {
@@ -133,7 +135,9 @@ pub async fn run(ctx: &Ctx, cmd: SecretsCommand) -> anyhow::Result<()> {
                 .context("cannot read the dotenv input from stdin")?;
             let pairs = parse_dotenv(&input)?;
             if pairs.is_empty() {
-                bail!("no secrets in the input: pipe a dotenv file, e.g. `hangar secrets import -a APP < .env`");
+                bail!(
+                    "no secrets in the input: pipe a dotenv file, e.g. `hangar secrets import -a APP < .env`"
+                );
             }
             change(ctx, &app.app, values_to_changes(pairs), &apply).await
         }
@@ -256,7 +260,7 @@ mod tests {
     #[test]
     fn dotenv_inputs_parse_like_dotenv() {
         let cases: &[(&str, &[(&str, &str)])] = &[
-            ("A=1\nB=two words\n", &[("A", "1"), ("B", "two words")]),
+            ("A=1\nB=\"two words\"\n", &[("A", "1"), ("B", "two words")]),
             ("export A=1\n", &[("A", "1")]),
             ("# comment\n\nA=1 # trailing\n", &[("A", "1")]),
             ("A='single $NOPE'\n", &[("A", "single $NOPE")]),
@@ -279,6 +283,10 @@ mod tests {
 
     #[test]
     fn dotenv_errors_do_not_quote_the_input() {
+        // An unquoted value with a space is an error in dotenv.
+        let err = parse_dotenv(b"A=1\nB=two s3cretvalue\n").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(!msg.contains("s3cretvalue"), "{msg}");
         let err = parse_dotenv(b"A=\"unterminated s3cretvalue\n").unwrap_err();
         let msg = format!("{err:#}");
         assert!(!msg.contains("s3cretvalue"), "{msg}");
