@@ -16,6 +16,7 @@ mod error;
 mod hostnames;
 mod secrets;
 mod stream;
+mod tokens;
 pub mod types;
 mod upload;
 
@@ -35,6 +36,7 @@ pub use error::ClientError;
 pub use hostnames::Hostname;
 pub use secrets::{MasterKeyRotation, SecretInfo, SecretList, SecretsChanged};
 pub use stream::NdjsonStream;
+pub use tokens::{CreateTokenRequest, CreatedToken, TokenInfo};
 pub use types::*;
 
 /// How long connecting to the API may take; requests themselves have no overall

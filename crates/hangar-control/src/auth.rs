@@ -292,10 +292,10 @@ impl Caller {
         if self.scope == Scope::Admin && !self.read_only {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(
-                "this needs an admin token (the server writes one to <data-dir>/admin-token)"
-                    .into(),
-            ))
+            Err(ApiError::Forbidden(format!(
+                "this needs an admin token, and this is a {} token: use the admin token (the server writes one to <data-dir>/admin-token)",
+                self.kind()
+            )))
         }
     }
 }

@@ -9,6 +9,7 @@ mod deploy;
 mod proxy;
 mod registry;
 mod secrets;
+mod tokens;
 
 use std::path::Path;
 use std::process::Command;
