@@ -317,8 +317,7 @@ fn match_at(p: &[Token], s: &[char]) -> bool {
         Token::AnyPath => (0..=s.len()).any(|i| match_at(rest, &s[i..])),
         Token::AnyDirs => {
             // Zero directories, or any prefix that ends at a `/`.
-            match_at(rest, s)
-                || (0..s.len()).any(|i| s[i] == '/' && match_at(rest, &s[i + 1..]))
+            match_at(rest, s) || (0..s.len()).any(|i| s[i] == '/' && match_at(rest, &s[i + 1..]))
         }
     }
 }
@@ -390,7 +389,7 @@ fn walk<W: Write>(
         } else {
             format!("{rel}/{name}")
         };
-        let forced = always.iter().any(|a| *a == path);
+        let forced = always.contains(&path);
         let needed_below = always.iter().any(|a| a.starts_with(&format!("{path}/")));
         let excluded = !forced && ignore.excludes(&path);
         if kind.is_dir() {
@@ -482,7 +481,10 @@ mod tests {
                 ("xlit", false),
             ],
         );
-        check("a/**/b\n", &[("a/b", true), ("a/x/y/b", true), ("a/x/c", false)]);
+        check(
+            "a/**/b\n",
+            &[("a/b", true), ("a/x/y/b", true), ("a/x/c", false)],
+        );
         check("", &[("anything", false)]);
     }
 
@@ -509,7 +511,11 @@ mod tests {
         fs::create_dir_all(d.join("src")).unwrap();
         fs::create_dir_all(d.join("keep/inner")).unwrap();
         fs::write(d.join("Dockerfile"), "FROM scratch\n").unwrap();
-        fs::write(d.join(".dockerignore"), "target\n*.md\nDockerfile\n.dockerignore\nkeep\n!keep/inner/wanted\n").unwrap();
+        fs::write(
+            d.join(".dockerignore"),
+            "target\n*.md\nDockerfile\n.dockerignore\nkeep\n!keep/inner/wanted\n",
+        )
+        .unwrap();
         fs::write(d.join("target/debug/big"), vec![0u8; 4096]).unwrap();
         fs::write(d.join("src/main.rs"), "fn main() {}").unwrap();
         fs::write(d.join("README.md"), "docs").unwrap();
@@ -524,13 +530,23 @@ mod tests {
         let paths = tar_paths(&out);
         assert_eq!(
             paths,
-            [".dockerignore", "Dockerfile", "keep/inner/wanted", "link", "src", "src/main.rs"],
+            [
+                ".dockerignore",
+                "Dockerfile",
+                "keep/inner/wanted",
+                "link",
+                "src",
+                "src/main.rs"
+            ],
         );
         assert_eq!(stats.files, 4);
         let size = |p: &str| fs::metadata(d.join(p)).unwrap().len();
         assert_eq!(
             stats.bytes,
-            size(".dockerignore") + size("Dockerfile") + size("keep/inner/wanted") + size("src/main.rs")
+            size(".dockerignore")
+                + size("Dockerfile")
+                + size("keep/inner/wanted")
+                + size("src/main.rs")
         );
         assert!(stats.excluded >= 3, "{stats:?}");
         let mut a = tar::Archive::new(&out[..]);

@@ -10,6 +10,7 @@
 //! **API boundary:** this crate is how the CLI and the whole-system tests talk to the
 //! server; it knows nothing of the server's internals.
 
+pub mod build;
 mod deploys;
 pub mod discovery;
 mod error;
@@ -30,7 +31,9 @@ use reqwest::{Method, RequestBuilder, Response, Url};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-pub use deploys::{AppStatus, Deploy, DeployEvent, DeployRequest, Release, ScaleRequest, StatusMachine};
+pub use deploys::{
+    AppStatus, Deploy, DeployEvent, DeployRequest, Release, ScaleRequest, StatusMachine,
+};
 pub use discovery::{Overrides, Settings, Token};
 pub use error::ClientError;
 pub use hostnames::Hostname;
