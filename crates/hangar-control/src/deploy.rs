@@ -319,7 +319,7 @@ impl Control {
             image_digest: image,
             config: serde_json::to_value(&config).map_err(ApiError::internal)?,
             resolved: serde_json::to_value(&resolved).map_err(ApiError::internal)?,
-            secrets_digest: None,
+            secrets_digest: self.secrets_digest(&app.name).await?,
         };
         let (deploy, _) = self
             .store

@@ -17,6 +17,7 @@ pub mod checks;
 pub mod deploy;
 pub mod error;
 pub mod registry;
+pub mod retention;
 pub mod routing;
 pub mod secrets;
 pub mod supervisor;

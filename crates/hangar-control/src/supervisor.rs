@@ -47,6 +47,8 @@ pub struct ControlOptions {
     pub domain: String,
     /// Port of the edge proxy, for the URLs the API shows.
     pub http_port: u16,
+    /// Releases per app whose images garbage collection keeps.
+    pub keep_releases: u32,
 }
 
 /// The control plane's shared state.

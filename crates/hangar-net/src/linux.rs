@@ -509,6 +509,18 @@ impl HostNet for LinuxHostNet {
             tracing::info!(netns = %m.netns, "removing a leftover network of this machine first");
             self.destroy_machine(m)?;
         }
+        // The addresses may have belonged to a machine destroyed moments ago: the host's
+        // neighbour entries for them still name that machine's MAC address and would be
+        // trusted for up to ~30 s, black-holing health checks and proxied requests.
+        let flush = format!(
+            "neigh flush to {} dev {bridge}\nneigh flush to {} dev {bridge}\n",
+            m.ipv4,
+            m.ipv6,
+            bridge = m.org.bridge
+        );
+        if let Err(err) = self.ip_batch(None, &flush, "flushing stale neighbour entries") {
+            tracing::warn!(netns = %m.netns, error = %err, "could not flush neighbour entries");
+        }
         let result = self.build_machine_netns(m);
         if let Err(err) = result {
             // Leave nothing half-made behind; the original error is the one to report.

@@ -51,6 +51,10 @@ pub struct ServerArgs {
     /// [default: <data-dir>/master.key]. Back it up: without it no secret can be decrypted.
     #[arg(long, env = "HANGAR_MASTER_KEY_FILE", value_name = "PATH")]
     pub master_key_file: Option<PathBuf>,
+    /// Releases per app whose images image garbage collection keeps (it runs hourly and on
+    /// `hangar images gc`).
+    #[arg(long, env = "HANGAR_KEEP_RELEASES", default_value_t = hangar_control::retention::DEFAULT_KEEP_RELEASES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_releases: u32,
     /// Once listening, write the API's bound address (line 1) and the proxy's (line 2) to
     /// this file (for scripts and tests using port 0).
     #[arg(long)]
@@ -228,6 +232,7 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
             host_memory_mb: pre.memory_mb,
             domain: args.domain.clone(),
             http_port: args.http_listen.port(),
+            keep_releases: args.keep_releases,
         },
     );
     // Before reconcile: machines it restarts need their secrets.
@@ -244,10 +249,6 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
         .reconcile()
         .await
         .context("reconciling the host with the store")?;
-    control
-        .resume_deploys()
-        .await
-        .context("resuming interrupted deploys")?;
 
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
@@ -269,6 +270,12 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
         &mut registry,
     );
     control.set_drainer(Arc::new(ProxyDrainer(proxy.clone())));
+    // Interrupted deploys resume once old machines can be drained, and before the first
+    // routing snapshot, so blue-green holds are in place when the proxy starts serving.
+    control
+        .resume_deploys()
+        .await
+        .context("resuming interrupted deploys")?;
     // Subscribe before the first publish, so a change that lands in between is not missed.
     let updates = control.routing_updates();
     publish_routes(&control, &proxy, &args.domain).await;
@@ -281,6 +288,7 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
     control
         .tasks
         .spawn(proxy.clone().serve(http_listener, control.shutdown.clone()));
+    control.tasks.spawn(image_gc(control.clone()));
 
     tracing::info!(api = %bound, http = %http_bound, domain = %args.domain, data_dir = %data.display(), "hangar server ready");
     if let Some(path) = &args.ready_file {
@@ -392,6 +400,28 @@ fn init_logging() {
     } else {
         builder.try_init()
     };
+}
+
+/// Collects unused images every hour (`docs/images.md`, retention).
+async fn image_gc(control: Arc<Control>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    // The first tick is immediate: skip it, a fresh start has nothing to collect yet.
+    every.tick().await;
+    loop {
+        tokio::select! {
+            () = control.shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match control.collect_images(control.opts.keep_releases).await {
+            Ok((report, untagged)) => tracing::info!(
+                removed_blobs = report.removed_blobs,
+                freed_bytes = report.freed_bytes,
+                untagged = untagged.len(),
+                "image garbage collection"
+            ),
+            Err(e) => tracing::warn!(error = %e, "image garbage collection failed"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

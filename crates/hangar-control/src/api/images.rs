@@ -1,6 +1,5 @@
 //! `/v1/images`: Hangar's local image store.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::Json;
@@ -155,16 +154,8 @@ pub(super) async fn gc(
     caller: Caller,
 ) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
-    let in_use: HashSet<String> = control
-        .store
-        .list_live_machines()
-        .await?
-        .into_iter()
-        .filter_map(|m| m.image_ref.map(|r| r.digest))
-        .collect();
-    let images = control.images.clone();
-    let report = blocking(move || images.gc(&in_use)).await??;
+    let (report, untagged) = control.collect_images(control.opts.keep_releases).await?;
     Ok(Json(
-        json!({ "removed_blobs": report.removed_blobs, "removed_layers": report.removed_layers, "freed_bytes": report.freed_bytes }),
+        json!({ "removed_blobs": report.removed_blobs, "removed_layers": report.removed_layers, "freed_bytes": report.freed_bytes, "untagged": untagged }),
     ))
 }

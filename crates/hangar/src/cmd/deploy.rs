@@ -84,7 +84,7 @@ pub struct AppOpt {
 pub struct RollbackArgs {
     /// The release to go back to [default: the one before the current].
     #[arg(value_name = "VERSION", value_parser = parse_version)]
-    pub version: Option<i64>,
+    pub release: Option<i64>,
     #[command(flatten)]
     pub app: AppOpt,
     /// Return once the server accepted it.
@@ -612,7 +612,7 @@ pub async fn releases(ctx: &Ctx, app: AppOpt) -> anyhow::Result<()> {
 pub async fn rollback(ctx: &Ctx, args: RollbackArgs) -> anyhow::Result<()> {
     let app = app_or_config(args.app)?;
     let client = ctx.client()?;
-    let d = client.rollback(&app, args.version).await?;
+    let d = client.rollback(&app, args.release).await?;
     if !ctx.out.json && !args.detach {
         eprintln!(
             "==> Rolling {} back: release v{} ({}), deploy {}",

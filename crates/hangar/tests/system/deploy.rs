@@ -206,6 +206,11 @@ fn deploys_switch_versions_without_losing_a_request_and_failures_leave_the_old_r
         write_config(dir.path(), version, strategy, "");
         let load = Load::start(s.http, 3);
         let out = deploy(&s, dir.path(), &[]);
+        if !out.status.success() {
+            drop(load.finish());
+            assert_ok(&out, &s);
+            unreachable!();
+        }
         // The load goes on until the new version has answered this thread too.
         eventually(Duration::from_secs(10), "the new version to answer", || {
             let (c, body) = get(s.http, "web.localhost");
@@ -414,7 +419,8 @@ fn a_deploy_interrupted_by_a_server_crash_finishes_after_restart_without_orphans
     assert_ok(&deploy(&s, dir.path(), &["--count", "4"]), &s);
     assert_eq!(releases_of_machines(&status(&s)), vec![1, 1, 1, 1]);
 
-    write_config(dir.path(), "v2", "rolling", "");
+    // One machine at a time, so the kill lands in the middle of the deploy.
+    write_config(dir.path(), "v2", "rolling", "  max_unavailable = 1\n");
     assert_ok(&deploy(&s, dir.path(), &["--detach"]), &s);
     // Kill the server once the deploy has created a v2 machine.
     eventually(Duration::from_secs(30), "a v2 machine", || {
@@ -427,6 +433,11 @@ fn a_deploy_interrupted_by_a_server_crash_finishes_after_restart_without_orphans
         let st = status(&s);
         st["deploy"].is_null().then_some(st)
     });
+    assert!(
+        s.server_log().contains("resuming"),
+        "the deploy was not interrupted:\n{}",
+        s.server_log()
+    );
     let releases = releases_of_machines(&st);
     assert!(
         releases == vec![2, 2, 2, 2] || releases == vec![1, 1, 1, 1],
