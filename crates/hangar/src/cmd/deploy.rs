@@ -12,7 +12,7 @@ use hangar_client::{Client, ClientError, Deploy, DeployRequest, ScaleRequest};
 use hangar_core::config::{self, AppConfig, Format, Severity};
 use time::OffsetDateTime;
 
-use super::{Ctx, parse_app, parse_org};
+use super::{Ctx, build, parse_app, parse_org};
 use crate::output::age;
 
 /// Where the app's files are and which config to use.
@@ -193,28 +193,34 @@ async fn image_for(
     cfg: Option<&AppConfig>,
 ) -> anyhow::Result<String> {
     if let Some(image) = &source.image {
-        return Ok(image.clone());
+        return image_ref(client, image).await;
     }
     if let Some(archive) = &source.image_archive {
-        let tag = deployment_tag(app);
         if !ctx.out.json {
             eprintln!("==> Uploading {}", archive.display());
         }
-        client
-            .import_image(archive, Some(&tag))
-            .await
-            .with_context(|| format!("cannot upload {}", archive.display()))?;
-        return Ok(tag);
+        let built = build::image_from_archive(client, archive, &deployment_tag(app)).await?;
+        return Ok(built.image);
     }
-    let build = cfg.and_then(|c| c.build.as_ref());
-    if let Some(image) = build.and_then(|b| b.image.clone()) {
-        return Ok(image);
+    let build_cfg = cfg.and_then(|c| c.build.as_ref());
+    if let Some(image) = build_cfg.and_then(|b| b.image.clone()) {
+        return image_ref(client, &image).await;
     }
-    let dockerfile = build
+    let dockerfile = build_cfg
         .and_then(|b| b.dockerfile.clone())
         .unwrap_or_else(|| "Dockerfile".to_owned());
     if dir.join(&dockerfile).is_file() {
-        return build_dockerfile(ctx, client, app, dir, cfg).await;
+        let opts = build_cfg
+            .map(build::BuildOptions::from_config)
+            .unwrap_or_default();
+        if !ctx.out.json {
+            eprintln!(
+                "==> Building {} on the server",
+                dir.join(&dockerfile).display()
+            );
+        }
+        let built = build::build_image(client, app, dir, &opts, &ctx.out).await?;
+        return Ok(built.image);
     }
     bail!(
         "nothing to deploy in {}: no {dockerfile}, no [build] image in the config; pass --image REF or --image-archive FILE",
@@ -222,18 +228,18 @@ async fn image_for(
     )
 }
 
-/// Builds the Dockerfile on the server (see `hangar build`).
-async fn build_dockerfile(
-    _ctx: &Ctx,
-    _client: &Client,
-    _app: &str,
-    dir: &Path,
-    _cfg: Option<&AppConfig>,
-) -> anyhow::Result<String> {
-    bail!(
-        "server-side Dockerfile builds are not wired into deploy yet: build the image in {} and pass --image-archive FILE",
-        display_dir(dir)
-    )
+/// A registry reference (`ghcr.io/o/i:t`, `localhost:5000/i`) is pulled into the server's
+/// store with the credentials of `~/.docker/config.json`; anything else names an image
+/// already on the server (a build, a push to the built-in registry, an import).
+async fn image_ref(client: &Client, reference: &str) -> anyhow::Result<String> {
+    let first = reference.split('/').next().unwrap_or_default();
+    let registry = reference.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost");
+    if !registry {
+        return Ok(reference.to_owned());
+    }
+    let built = build::image_from_ref(client, reference, &build::RegistryCreds::default()).await?;
+    Ok(built.image)
 }
 
 fn display_dir(dir: &Path) -> String {
@@ -326,7 +332,7 @@ async fn deploy_dir(
     let image = image_for(ctx, client, app, dir, source, cfg.as_ref()).await?;
     let req = DeployRequest {
         image,
-        config: cfg.map(|c| serde_json::to_value(c)).transpose()?,
+        config: cfg.map(serde_json::to_value).transpose()?,
         strategy: source.strategy.clone(),
         count,
     };
