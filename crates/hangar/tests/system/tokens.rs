@@ -44,10 +44,11 @@ fn expect(
     body: Option<Value>,
     want: &[u16],
 ) -> Value {
-    let (code, v) = call(s, token, method, path, body.clone());
+    let shown = format!("{body:?}");
+    let (code, v) = call(s, token, method, path, body);
     assert!(
         want.contains(&code),
-        "{method} {path} {body:?}: {code} (want {want:?}): {v}"
+        "{method} {path} {shown}: {code} (want {want:?}): {v}"
     );
     if code >= 400 {
         assert!(
@@ -131,7 +132,7 @@ fn tokens_are_scoped_to_their_app_or_organization_and_refused_once_revoked_or_ex
     assert_eq!(m["state"], "started", "{m}");
     let id = m["id"].as_str().unwrap().to_owned();
     let list = expect(&s, &deploy, "GET", "/v1/apps/alpha/machines", None, &[200]);
-    assert_eq!(names(&list, None, "id"), [id.clone()]);
+    assert_eq!(names(&list, None, "id"), [id.as_str()]);
     expect(&s, &deploy, "GET", "/v1/apps/alpha", None, &[200]);
     expect(
         &s,
