@@ -200,12 +200,20 @@ mod tests {
         ];
         let releases = [Some(1), Some(2), None];
         prefer_newest_release(&mut backends, &releases);
-        assert_eq!(backends[0].status, BackendStatus::Eligible, "v2 is not healthy yet");
+        assert_eq!(
+            backends[0].status,
+            BackendStatus::Eligible,
+            "v2 is not healthy yet"
+        );
         backends[1].status = BackendStatus::Eligible;
         prefer_newest_release(&mut backends, &releases);
         assert_eq!(backends[0].status, BackendStatus::Draining);
         assert_eq!(backends[1].status, BackendStatus::Eligible);
-        assert_eq!(backends[2].status, BackendStatus::Eligible, "not a deploy's machine");
+        assert_eq!(
+            backends[2].status,
+            BackendStatus::Eligible,
+            "not a deploy's machine"
+        );
     }
 
     #[test]

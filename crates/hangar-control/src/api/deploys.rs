@@ -135,7 +135,9 @@ pub(super) async fn events(
                 // is missed.
                 let active = match control.store.get_deploy(&id).await {
                     Ok(d) => d.is_active(),
-                    Err(e) => return Some((Err(std::io::Error::other(e)), (control, id, after, true))),
+                    Err(e) => {
+                        return Some((Err(std::io::Error::other(e)), (control, id, after, true)));
+                    }
                 };
                 match control.store.deploy_events(&id, after).await {
                     Ok(batch) if !batch.is_empty() => {
@@ -148,14 +150,13 @@ pub(super) async fn events(
                     }
                     Ok(_) if !active => return None,
                     Ok(_) => {}
-                    Err(e) => return Some((Err(std::io::Error::other(e)), (control, id, after, true))),
+                    Err(e) => {
+                        return Some((Err(std::io::Error::other(e)), (control, id, after, true)));
+                    }
                 }
                 // Events wake the stream at once; the timeout covers a missed wake-up.
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(1),
-                    updates.changed(),
-                )
-                .await;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), updates.changed())
+                    .await;
             }
         },
     )
@@ -233,7 +234,8 @@ pub(super) async fn scale(
         (None, size, memory) if size.is_some() || memory.is_some() => {
             if req.process_group.is_some() {
                 return Err(ApiError::BadRequest(
-                    "process_group applies to count only: a VM size change applies to every group".into(),
+                    "process_group applies to count only: a VM size change applies to every group"
+                        .into(),
                 ));
             }
             if memory == Some(0) {
