@@ -433,7 +433,7 @@ impl Control {
 
 fn app_not_found(name: &str) -> ApiError {
     ApiError::NotFound(format!(
-        "app {name} not found: create it with `hangar apps create {name}`"
+        "app {name:?} not found: create it with `hangar apps create {name}`"
     ))
 }
 
