@@ -313,6 +313,19 @@ fn a_secret_reaches_the_machine_environment_and_nowhere_else() {
     );
 
     let machine_pid = init_pid(&s, &id);
+    // The scans see what is there: the admin token on disk, the machine's command line,
+    // and the current value in the machine's environment.
+    assert!(!files_containing(s.data_dir(), s.token.as_bytes()).is_empty());
+    assert!(
+        procs_containing("cmdline", b"sleep\x00100000")
+            .iter()
+            .any(|(pid, _)| *pid == machine_pid)
+    );
+    assert!(
+        procs_containing("environ", canary2.as_bytes())
+            .iter()
+            .any(|(pid, _)| *pid == machine_pid)
+    );
     for value in [&canary, &canary2, &imported] {
         let needle = value.as_bytes();
         let on_disk = files_containing(s.data_dir(), needle);
@@ -541,4 +554,130 @@ fn bad_secrets_are_refused_with_the_name_and_never_the_value() {
     assert_eq!(v["secrets"], json!([]), "{v}");
     assert!(!contains(s.server_log().as_bytes(), canary.as_bytes()));
     assert!(files_containing(s.data_dir(), canary.as_bytes()).is_empty());
+}
+
+/// The ids of the app's machines at `release`, from `hangar status`.
+fn machines_at(s: &Server, app: &str, release: i64) -> Vec<String> {
+    let st = s.json(&["status", "--app", app]);
+    st["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["release"] == release && m["state"] == "started")
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn setting_secrets_rolls_a_deployed_app_unless_staged() {
+    require_root!();
+    let s = Server::start();
+    let mut seen = Seen::default();
+    s.import(
+        &hangar_runtime::image::build::busybox_image()
+            .host_file(
+                "bin/hangar-testapp",
+                &crate::support::testapp_binary(),
+                0o755,
+            )
+            .cmd(["/bin/hangar-testapp"]),
+        "web:base",
+    );
+    seen.ok(&s, &["apps", "create", "rolled"], None);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hangar.toml"),
+        "app = \"rolled\"\n\n[http_service]\n  internal_port = 8080\n\n[deploy]\n  strategy = \"rolling\"\n  wait_timeout = \"30s\"\n",
+    )
+    .unwrap();
+    seen.ok(
+        &s,
+        &[
+            "deploy",
+            dir.path().to_str().unwrap(),
+            "--image",
+            "web:base",
+            "--count",
+            "2",
+        ],
+        None,
+    );
+    assert_eq!(machines_at(&s, "rolled", 1).len(), 2);
+
+    // Staged: stored, nothing restarts.
+    let staged = random_canary();
+    seen.ok(
+        &s,
+        &[
+            "secrets",
+            "set",
+            &format!("STAGED={staged}"),
+            "-a",
+            "rolled",
+            "--stage",
+        ],
+        None,
+    );
+    let v1 = machines_at(&s, "rolled", 1);
+    assert_eq!(v1.len(), 2);
+    for id in &v1 {
+        assert_eq!(env_value(&s, id, "STAGED"), None);
+    }
+
+    // Not staged: a new release, every machine restarted with both values; the command
+    // follows the restart to its end.
+    let rolled = random_canary();
+    let out = seen.ok(
+        &s,
+        &[
+            "secrets",
+            "set",
+            &format!("ROLLED={rolled}"),
+            "-a",
+            "rolled",
+        ],
+        None,
+    );
+    assert!(out.contains("restarting its machines"), "{out}");
+    let v2 = machines_at(&s, "rolled", 2);
+    assert_eq!(v2.len(), 2, "{out}");
+    for id in &v2 {
+        assert_eq!(
+            env_value(&s, id, "STAGED").as_deref(),
+            Some(staged.as_str())
+        );
+        assert_eq!(
+            env_value(&s, id, "ROLLED").as_deref(),
+            Some(rolled.as_str())
+        );
+    }
+
+    // --detach returns at once; the roll still happens.
+    seen.ok(
+        &s,
+        &["secrets", "unset", "STAGED", "-a", "rolled", "--detach"],
+        None,
+    );
+    let v3 = eventually(Duration::from_secs(60), "the roll to release 3", || {
+        let ids = machines_at(&s, "rolled", 3);
+        let st = s.json(&["status", "--app", "rolled"]);
+        (ids.len() == 2 && st["deploy"].is_null()).then_some(ids)
+    });
+    for id in &v3 {
+        assert_eq!(env_value(&s, id, "STAGED"), None);
+        assert_eq!(
+            env_value(&s, id, "ROLLED").as_deref(),
+            Some(rolled.as_str())
+        );
+    }
+    // Release records hold no value.
+    let releases = seen.ok(&s, &["--json", "releases", "-a", "rolled"], None);
+    for v in [&staged, &rolled] {
+        assert!(!releases.contains(v.as_str()));
+        assert!(files_containing(s.data_dir(), v.as_bytes()).is_empty());
+        assert!(!contains(s.server_log().as_bytes(), v.as_bytes()));
+        for body in &seen.0 {
+            assert!(!body.contains(v.as_str()), "{body}");
+        }
+    }
 }
