@@ -103,10 +103,14 @@ pub enum BuildError {
     #[error("{0}")]
     BadRequest(String),
     /// The uploaded context is not a usable tar (400).
-    #[error("invalid build context: {0}; send a tar (optionally gzip-compressed) of the context directory")]
+    #[error(
+        "invalid build context: {0}; send a tar (optionally gzip-compressed) of the context directory"
+    )]
     BadContext(String),
     /// The context is larger than the server accepts (413).
-    #[error("the build context is larger than {limit} bytes: add what the build does not need to .dockerignore")]
+    #[error(
+        "the build context is larger than {limit} bytes: add what the build does not need to .dockerignore"
+    )]
     TooLarge {
         /// The limit.
         limit: u64,
@@ -275,7 +279,10 @@ pub fn parse_build_arg(s: &str) -> Result<(String, String), BuildError> {
 }
 
 /// Finds buildah: `$HANGAR_BUILDAH` when set, else `buildah` in one of the `PATH` dirs.
-pub fn find_buildah(explicit: Option<OsString>, path: Option<OsString>) -> Result<PathBuf, BuildError> {
+pub fn find_buildah(
+    explicit: Option<OsString>,
+    path: Option<OsString>,
+) -> Result<PathBuf, BuildError> {
     if let Some(p) = explicit.filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         return if is_executable(&p) {
@@ -414,7 +421,10 @@ pub fn check_dockerfile(context: &Path, dockerfile: &Path) -> Result<PathBuf, Bu
             dockerfile.display()
         ))
     };
-    let resolved = root.join(dockerfile).canonicalize().map_err(|_| missing())?;
+    let resolved = root
+        .join(dockerfile)
+        .canonicalize()
+        .map_err(|_| missing())?;
     if !resolved.starts_with(&root) {
         return Err(BuildError::BadRequest(format!(
             "dockerfile {} is outside the build context (a link out of it)",
@@ -582,10 +592,7 @@ impl Builder {
     /// The builder of a server with data dir `data_dir`: buildah from `$HANGAR_BUILDAH` or
     /// `PATH`, `helper` (the hangar binary) for the cgroup.
     pub fn for_server(data_dir: &Path, helper: Option<PathBuf>) -> Result<Builder, BuildError> {
-        let buildah = find_buildah(
-            std::env::var_os(BUILDAH_ENV),
-            std::env::var_os("PATH"),
-        )?;
+        let buildah = find_buildah(std::env::var_os(BUILDAH_ENV), std::env::var_os("PATH"))?;
         let cgroups = rustix::process::geteuid()
             .is_root()
             .then(|| Cgroups::detect(Path::new(CGROUP_MOUNT)));
@@ -694,8 +701,8 @@ impl Builder {
                 }
             }
         };
-        let _ = tx.send(event).await;
-        // Remove the directory off the async threads: a vfs store can be large.
+        // Clean up before the last event, so a client that sees the end of the build
+        // finds nothing of it left. Off the async threads: a vfs store can be large.
         let _ = tokio::task::spawn_blocking(move || {
             drop(work);
             if let Some(c) = cgroup {
@@ -703,6 +710,7 @@ impl Builder {
             }
         })
         .await;
+        let _ = tx.send(event).await;
     }
 
     fn cgroup_for(&self, spec: &BuildSpec) -> Option<BuildCgroup> {
@@ -741,7 +749,10 @@ impl Builder {
                 f.message = format!(
                     "the build ran out of memory (limit {} MiB){}: ask for more with memory_mb, or make the step use less",
                     spec.memory_max >> 20,
-                    f.step.as_deref().map(|s| format!(" at {s}")).unwrap_or_default()
+                    f.step
+                        .as_deref()
+                        .map(|s| format!(" at {s}"))
+                        .unwrap_or_default()
                 );
                 return Err(f);
             }
@@ -852,11 +863,13 @@ impl Builder {
         if let Some(c) = cgroup {
             c.kill_all().await;
         }
-        Err(interrupt.unwrap_or(if tokio::time::Instant::now() >= deadline {
-            Interrupt::TimedOut
-        } else {
-            Interrupt::Cancelled
-        }))
+        Err(
+            interrupt.unwrap_or(if tokio::time::Instant::now() >= deadline {
+                Interrupt::TimedOut
+            } else {
+                Interrupt::Cancelled
+            }),
+        )
     }
 }
 
@@ -1014,13 +1027,20 @@ mod tests {
     #[test]
     fn dockerfile_paths_stay_inside_the_context() {
         let ok = |p: &str, want: &str| {
-            assert_eq!(validate_dockerfile_path(p).unwrap(), PathBuf::from(want), "{p}");
+            assert_eq!(
+                validate_dockerfile_path(p).unwrap(),
+                PathBuf::from(want),
+                "{p}"
+            );
         };
         ok("Dockerfile", "Dockerfile");
         ok("./docker/Dockerfile.prod", "docker/Dockerfile.prod");
         for bad in ["../Dockerfile", "/etc/passwd", "a/../../b", "", ".", "a\0b"] {
             assert!(
-                matches!(validate_dockerfile_path(bad), Err(BuildError::BadRequest(_))),
+                matches!(
+                    validate_dockerfile_path(bad),
+                    Err(BuildError::BadRequest(_))
+                ),
                 "{bad:?} accepted"
             );
         }
@@ -1038,7 +1058,10 @@ mod tests {
             parse_build_arg("VERSION=1.2=3").unwrap(),
             ("VERSION".into(), "1.2=3".into())
         );
-        assert_eq!(parse_build_arg("EMPTY=").unwrap(), ("EMPTY".into(), String::new()));
+        assert_eq!(
+            parse_build_arg("EMPTY=").unwrap(),
+            ("EMPTY".into(), String::new())
+        );
         for bad in ["NOEQUALS", "=x", "1A=x", "A-B=x"] {
             assert!(parse_build_arg(bad).is_err(), "{bad}");
         }
@@ -1062,7 +1085,10 @@ mod tests {
         }
         assert_eq!(s.dockerfile, PathBuf::from("sub/Dockerfile"));
         assert_eq!(s.target.as_deref(), Some("final"));
-        assert_eq!(s.args, vec![("A".into(), "1".into()), ("B".into(), "2".into())]);
+        assert_eq!(
+            s.args,
+            vec![("A".into(), "1".into()), ("B".into(), "2".into())]
+        );
         assert_eq!(s.timeout, Duration::from_secs(90));
         assert_eq!(s.memory_max, 512 << 20);
         assert!(s.apply_param("timeout", "0s").is_err());
@@ -1116,7 +1142,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = find_buildah(None, Some(dir.path().as_os_str().to_owned())).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("buildah is not installed on the server"), "{msg}");
+        assert!(
+            msg.contains("buildah is not installed on the server"),
+            "{msg}"
+        );
         assert!(msg.contains("apt-get install buildah"), "{msg}");
         let err = find_buildah(Some("/no/such/buildah".into()), None).unwrap_err();
         assert!(err.to_string().contains("/no/such/buildah"), "{err}");
@@ -1155,8 +1184,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("ctx.tar");
         if gzip {
-            let mut enc =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             io::Write::write_all(&mut enc, bytes).unwrap();
             fs::write(&archive, enc.finish().unwrap()).unwrap();
         } else {
@@ -1169,7 +1197,12 @@ mod tests {
     #[test]
     fn contexts_unpack_plain_and_gzipped() {
         let tar = raw_tar(&[
-            ("Dockerfile", tar::EntryType::Regular, b"FROM scratch\n", None),
+            (
+                "Dockerfile",
+                tar::EntryType::Regular,
+                b"FROM scratch\n",
+                None,
+            ),
             ("app/", tar::EntryType::Directory, b"", None),
             ("app/bin", tar::EntryType::Regular, b"x", None),
             ("link", tar::EntryType::Symlink, b"", Some("app/bin")),
@@ -1196,7 +1229,12 @@ mod tests {
             raw_tar(&[("hl", tar::EntryType::Link, b"", Some("../../etc/passwd"))]),
             raw_tar(&[
                 ("out", tar::EntryType::Symlink, b"", Some("/")),
-                ("out/tmp/hangar-escaped", tar::EntryType::Regular, b"pwned", None),
+                (
+                    "out/tmp/hangar-escaped",
+                    tar::EntryType::Regular,
+                    b"pwned",
+                    None,
+                ),
             ]),
             raw_tar(&[("dev", tar::EntryType::Char, b"", None)]),
         ];
@@ -1221,11 +1259,19 @@ mod tests {
 
     #[test]
     fn a_dockerfile_linked_out_of_the_context_is_refused() {
-        let tar = raw_tar(&[("Dockerfile", tar::EntryType::Symlink, b"", Some("/etc/hostname"))]);
+        let tar = raw_tar(&[(
+            "Dockerfile",
+            tar::EntryType::Symlink,
+            b"",
+            Some("/etc/hostname"),
+        )]);
         let (dir, r) = extract(&tar, false);
         r.unwrap();
         let err = check_dockerfile(&dir.path().join("ctx"), Path::new("Dockerfile")).unwrap_err();
-        assert!(err.to_string().contains("outside the build context"), "{err}");
+        assert!(
+            err.to_string().contains("outside the build context"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1241,7 +1287,8 @@ mod tests {
         let f = t.failure("exit status: 125");
         assert_eq!(f.step.as_deref(), Some("STEP 2/3: COPY missing /x"));
         assert!(
-            f.message.starts_with("the build failed at STEP 2/3: COPY missing /x: building at STEP"),
+            f.message
+                .starts_with("the build failed at STEP 2/3: COPY missing /x: building at STEP"),
             "{}",
             f.message
         );
@@ -1260,19 +1307,32 @@ mod tests {
     fn events_are_tagged_ndjson() {
         let cases = [
             (
-                BuildEvent::Log { line: "STEP 1/2: FROM scratch".into() },
+                BuildEvent::Log {
+                    line: "STEP 1/2: FROM scratch".into(),
+                },
                 r#"{"type":"log","line":"STEP 1/2: FROM scratch"}"#,
             ),
             (
-                BuildEvent::Done { image: "web:deployment-1".into(), digest: "sha256:ab".into() },
+                BuildEvent::Done {
+                    image: "web:deployment-1".into(),
+                    digest: "sha256:ab".into(),
+                },
                 r#"{"type":"done","image":"web:deployment-1","digest":"sha256:ab"}"#,
             ),
             (
-                BuildEvent::Error { message: "m".into(), step: Some("STEP 2/2: RUN false".into()), output: vec!["o".into()] },
+                BuildEvent::Error {
+                    message: "m".into(),
+                    step: Some("STEP 2/2: RUN false".into()),
+                    output: vec!["o".into()],
+                },
                 r#"{"type":"error","message":"m","step":"STEP 2/2: RUN false","output":["o"]}"#,
             ),
             (
-                BuildEvent::Error { message: "m".into(), step: None, output: vec![] },
+                BuildEvent::Error {
+                    message: "m".into(),
+                    step: None,
+                    output: vec![],
+                },
                 r#"{"type":"error","message":"m"}"#,
             ),
         ];

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
@@ -19,6 +19,8 @@ use crate::supervisor::{Control, blocking};
 
 /// Events buffered between the build and a slow client; buildah waits beyond that.
 const EVENT_BUFFER: usize = 256;
+/// Silence after which an empty line is sent.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl From<BuildError> for ApiError {
     fn from(e: BuildError) -> Self {
@@ -54,7 +56,10 @@ pub(super) async fn create(
         let essence = ct.split(';').next().unwrap_or_default().trim();
         if !matches!(
             essence,
-            "application/x-tar" | "application/gzip" | "application/x-gzip" | "application/octet-stream"
+            "application/x-tar"
+                | "application/gzip"
+                | "application/x-gzip"
+                | "application/octet-stream"
         ) {
             return Err(ApiError::BadRequest(format!(
                 "Content-Type {ct:?} is not a tar: send the context as application/x-tar"
@@ -99,18 +104,34 @@ pub(super) async fn create(
     control.tasks.spawn(async move {
         builder.run(spec, work, images, tx, shutdown).await;
     });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|event| {
-        let mut line = serde_json::to_vec(&event).unwrap_or_default();
-        line.push(b'\n');
-        Ok::<_, std::io::Error>(bytes::Bytes::from(line))
-    });
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(stream),
+        Body::from_stream(event_lines(rx)),
     )
         .into_response())
 }
 
+/// The events as NDJSON lines, with an empty line after every [`KEEPALIVE`] of silence
+/// (a long `RUN` step prints nothing): writing it is how a client that hung up is noticed,
+/// which drops this stream and so cancels the build.
+fn event_lines(
+    rx: mpsc::Receiver<BuildEvent>,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    let mut ticks = tokio::time::interval(KEEPALIVE);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    futures_util::stream::unfold((rx, ticks), |(mut rx, mut ticks)| async move {
+        let line = tokio::select! {
+            event = rx.recv() => {
+                let mut line = serde_json::to_vec(&event?).unwrap_or_default();
+                line.push(b'\n');
+                ticks.reset();
+                line
+            }
+            _ = ticks.tick() => b"\n".to_vec(),
+        };
+        Some((Ok(bytes::Bytes::from(line)), (rx, ticks)))
+    })
+}
 /// Spools the request body to `path`, refusing more than [`MAX_CONTEXT_BYTES`].
 async fn receive_context(body: Body, path: &std::path::Path) -> ApiResult<()> {
     let mut file = tokio::fs::File::create(path)

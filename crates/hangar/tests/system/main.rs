@@ -5,6 +5,7 @@
 
 #[macro_use]
 mod support;
+mod build;
 mod deploy;
 mod proxy;
 mod registry;
