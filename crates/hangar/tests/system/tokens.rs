@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{HANGAR, Server, eventually};
+use crate::support::{HANGAR, Server, eventually, testapp_image};
 
 /// The CLI run with `token` instead of the admin token.
 fn hangar_as(s: &Server, token: &str, args: &[&str]) -> Output {
@@ -113,6 +113,7 @@ fn tokens_are_scoped_to_their_app_or_organization_and_refused_once_revoked_or_ex
         &hangar_runtime::image::build::busybox_image(),
         "busybox:latest",
     );
+    s.import(&testapp_image(), "testapp:latest");
     s.ok(&["orgs", "create", "acme"]);
     s.ok(&["apps", "create", "alpha"]);
     s.ok(&["apps", "create", "beta"]);
@@ -225,6 +226,36 @@ fn tokens_are_scoped_to_their_app_or_organization_and_refused_once_revoked_or_ex
         names(&apps, Some("apps"), "name"),
         ["alpha", "beta", "gamma"]
     );
+    // `hangar deploy` of alpha works with it; of beta it is refused.
+    let app_dir = s.data_dir().join("alpha-src");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    std::fs::write(
+        app_dir.join("hangar.toml"),
+        "app = \"alpha\"\n\n[http_service]\n  internal_port = 8080\n",
+    )
+    .unwrap();
+    let dir = app_dir.to_str().unwrap();
+    let out = hangar_as(&s, &deploy, &["deploy", dir, "--image", "testapp:latest"]);
+    assert!(
+        out.status.success(),
+        "deploy with a deploy token: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.server_log()
+    );
+    let status = hangar_as(&s, &deploy, &["--json", "status", "--app", "alpha"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let out = hangar_as(
+        &s,
+        &deploy,
+        &["deploy", dir, "--image", "testapp:latest", "--app", "beta"],
+    );
+    assert!(!out.status.success(), "deploy of beta with alpha's token");
+    let releases = s.json(&["releases", "--app", "beta"]);
+    assert_eq!(releases.as_array().map(Vec::len), Some(0), "{releases}");
     // It may stop and destroy alpha's machines.
     expect(
         &s,
