@@ -143,6 +143,10 @@ impl Drop for Harness {
                 let _ = Command::new("umount").arg("-l").arg(&rootfs).status();
             }
         }
+        // runc's state and the bundles of this data dir are on the tmpfs, not in the dir.
+        if let Some(run_dir) = self.rt.options().runc_root.parent() {
+            let _ = fs::remove_dir_all(run_dir);
+        }
     }
 }
 
@@ -250,6 +254,49 @@ async fn exit_codes_are_recorded_and_the_container_is_gone() {
         "runc state left at {}",
         runc_state.display()
     );
+}
+
+#[tokio::test]
+async fn the_environment_never_reaches_the_data_dir_and_the_bundle_is_removed() {
+    require_root!();
+    let mut h = Harness::new();
+    let mut spec = h.spec(&["sleep", "100000"]);
+    let canary = format!("canary-{}", MachineId::generate());
+    spec.env.insert("SECRET".into(), canary.clone());
+    let running = h.rt.start(&spec).unwrap();
+    let environ = fs::read(format!("/proc/{}/environ", running.init_pid)).unwrap();
+    let needle = format!("SECRET={canary}");
+    assert!(
+        environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()),
+        "the machine lacks its environment"
+    );
+    let opts = h.rt.options();
+    assert!(!opts.runc_root.starts_with(opts.root.parent().unwrap()));
+    assert!(!h.rt.bundle_dir(&spec.id).exists(), "the bundle was kept");
+    // Nothing under the data dir holds the value: not the machine dir, not runc's state.
+    let data = opts.root.parent().unwrap();
+    let mut stack = vec![data.to_path_buf()];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() && e.file_name() != "rootfs" {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                files += 1;
+                let bytes = fs::read(e.path()).unwrap();
+                assert!(
+                    !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                    "the environment is in {}",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    assert!(files > 3, "the scan found only {files} files");
+    // Neither is runc's state on the tmpfs (runc keeps no process environment there).
+    let state = fs::read(opts.runc_root.join(spec.id.as_str()).join("state.json")).unwrap();
+    assert!(!state.windows(canary.len()).any(|w| w == canary.as_bytes()));
 }
 
 #[tokio::test]
