@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hangar_core::config::{AppConfig, ResolvedApp, Strategy};
-use hangar_core::machine::{MachineConfig, MachineState, RestartConfig, RestartPolicy};
+use hangar_core::machine::{
+    GoDuration, MachineConfig, MachineServiceCheck, MachineState, RestartConfig, RestartPolicy,
+};
 use hangar_core::{InstanceId, MachineId};
 use hangar_store::{AppRecord, DeployRecord, MachineRecord, NewDeploy, NewRelease, ReleaseRecord};
 use serde::{Deserialize, Serialize};
@@ -131,6 +133,22 @@ fn machine_group(config: &MachineConfig) -> String {
         .get(GROUP_KEY)
         .cloned()
         .unwrap_or_else(|| "app".to_owned())
+}
+
+/// Gives every service without checks a TCP check on its internal port, so that a new
+/// machine of a deploy gets traffic only once it listens (otherwise the switch to a new
+/// release could route requests to a process that is still starting).
+fn add_listen_checks(config: &mut MachineConfig) {
+    for service in &mut config.services {
+        if service.checks.is_empty() {
+            service.checks.push(MachineServiceCheck {
+                kind: Some("tcp".into()),
+                interval: Some(GoDuration(Duration::from_secs(1))),
+                timeout: Some(GoDuration(Duration::from_secs(2))),
+                ..MachineServiceCheck::default()
+            });
+        }
+    }
 }
 
 /// `image` pinned to `digest`, so a moved tag never changes what a release runs.
@@ -945,6 +963,7 @@ impl Control {
             .ok_or_else(|| format!("release v{} has no process group {group}", rel.version))?;
         let mut config = pg.machine.clone();
         config.image = pinned(&rel.image, &rel.image_digest);
+        add_listen_checks(&mut config);
         config
             .metadata
             .insert(RELEASE_KEY.into(), rel.version.to_string());
@@ -1284,6 +1303,29 @@ mod tests {
         assert_eq!(batch_size(0.5, 10), 5);
         assert_eq!(batch_size(2.0, 10), 2);
         assert_eq!(batch_size(0.0, 10), 1);
+    }
+
+    #[test]
+    fn services_without_checks_get_a_listen_check() {
+        let mut config = MachineConfig::default();
+        config.services.push(hangar_core::machine::MachineService {
+            internal_port: 8080,
+            ..Default::default()
+        });
+        let mut checked = hangar_core::machine::MachineService::default();
+        checked.checks.push(MachineServiceCheck {
+            kind: Some("http".into()),
+            path: Some("/health".into()),
+            ..MachineServiceCheck::default()
+        });
+        config.services.push(checked);
+        add_listen_checks(&mut config);
+        assert_eq!(config.services[0].checks[0].kind.as_deref(), Some("tcp"));
+        assert_eq!(
+            config.services[1].checks.len(),
+            1,
+            "explicit checks are kept as they are"
+        );
     }
 
     #[test]

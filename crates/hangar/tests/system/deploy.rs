@@ -460,3 +460,71 @@ fn a_deploy_interrupted_by_a_server_crash_finishes_after_restart_without_orphans
         (get(s.http, "web.localhost").0 == 200).then_some(())
     });
 }
+
+#[test]
+fn launch_writes_a_config_creates_the_app_builds_and_serves() {
+    require_root!();
+    let buildah = std::process::Command::new("buildah")
+        .arg("--version")
+        .output();
+    if !buildah.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipping: buildah is not installed (CI installs it)");
+        return;
+    }
+    let s = Server::start();
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("Launch Me");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(testapp_binary(), dir.join("hangar-testapp")).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY hangar-testapp /hangar-testapp\nEXPOSE 8080\nCMD [\"/hangar-testapp\"]\n",
+    )
+    .unwrap();
+    let out = s.hangar(&["launch", dir.to_str().unwrap()]);
+    assert_ok(&out, &s);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("http://launch-me.localhost"), "{stdout}");
+    let written = std::fs::read_to_string(dir.join("hangar.toml")).unwrap();
+    assert!(written.contains("app = \"launch-me\""), "{written}");
+    assert!(written.contains("internal_port = 8080"), "{written}");
+    eventually(
+        Duration::from_secs(10),
+        "the launched app to answer",
+        || (get(s.http, "launch-me.localhost").0 == 200).then_some(()),
+    );
+
+    // An existing fly.toml naming another app: launch --name edits it, comments kept.
+    std::fs::remove_file(dir.join("hangar.toml")).unwrap();
+    std::fs::write(
+        dir.join("fly.toml"),
+        "# my app\napp = \"old-name\" # set by fly launch\n\n[http_service]\n  internal_port = 8080 # the port\n",
+    )
+    .unwrap();
+    let out = s.hangar(&[
+        "launch",
+        dir.to_str().unwrap(),
+        "--name",
+        "renamed",
+        "--no-deploy",
+    ]);
+    assert_ok(&out, &s);
+    let edited = std::fs::read_to_string(dir.join("fly.toml")).unwrap();
+    assert!(edited.contains("app = \"renamed\""), "{edited}");
+    assert!(
+        edited.contains("# my app") && edited.contains("# the port"),
+        "{edited}"
+    );
+    assert!(s.ok(&["apps", "list"]).contains("renamed"));
+
+    // Nothing to launch.
+    let empty = parent.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = s.hangar(&["launch", empty.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing to launch"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
