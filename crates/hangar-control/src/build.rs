@@ -498,6 +498,49 @@ fn unmount_below(dir: &Path) {
     }
 }
 
+/// Removes what builds of an earlier server run left behind (the server was killed
+/// mid-build): processes in build cgroups are killed, the cgroups and the build
+/// directories removed. Run before the first build of a server process.
+pub fn remove_stale(builds_root: &Path, cgroups: Option<&Cgroups>) {
+    if let Some(cgroups) = cgroups {
+        let parent = match cgroups.version() {
+            CgroupVersion::V1 => Path::new(CGROUP_MOUNT).join("memory").join(CGROUP_PARENT),
+            CgroupVersion::V2 => Path::new(CGROUP_MOUNT).join(CGROUP_PARENT),
+        };
+        let children: Vec<String> = fs::read_dir(&parent)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in children {
+            let cg = BuildCgroup {
+                cgroups: cgroups.clone(),
+                rel: format!("{CGROUP_PARENT}/{id}"),
+                dir: parent.join(&id),
+            };
+            // Bounded: processes killed with SIGKILL leave the cgroup promptly.
+            for _ in 0..100 {
+                if cg.pids().is_empty() {
+                    break;
+                }
+                cg.signal_all();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            tracing::info!(build = %id, "removing the cgroup of an interrupted build");
+            cg.remove();
+        }
+    }
+    if let Ok(entries) = fs::read_dir(builds_root) {
+        for e in entries.flatten() {
+            tracing::info!(dir = %e.path().display(), "removing the directory of an interrupted build");
+            drop(WorkDir { path: e.path() });
+        }
+    }
+}
+
 /// Runs builds with buildah.
 #[derive(Debug, Clone)]
 pub struct Builder {

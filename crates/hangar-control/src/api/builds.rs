@@ -13,12 +13,16 @@ use tokio::sync::mpsc;
 
 use super::Q;
 use crate::auth::{Access, Caller};
-use crate::build::{BuildError, BuildEvent, BuildSpec, Builder, MAX_CONTEXT_BYTES, WorkDir};
+use crate::build::{
+    BuildError, BuildEvent, BuildSpec, Builder, MAX_CONTEXT_BYTES, WorkDir, remove_stale,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::supervisor::{Control, blocking};
 
 /// Events buffered between the build and a slow client; buildah waits beyond that.
 const EVENT_BUFFER: usize = 256;
+/// Set once the leftovers of an earlier server process are removed.
+static STALE_REMOVED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 /// Silence after which an empty line is sent.
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -85,6 +89,16 @@ pub(super) async fn create(
         .ok_or_else(|| ApiError::Internal("the image store has no data dir".into()))?;
     let helper = Some(control.runtime.options().shim_exe.clone());
     let builder = Builder::for_server(&data_dir, helper)?;
+    // Builds interrupted by the death of an earlier server process are removed before
+    // this process's first build (none of its own can be running yet).
+    STALE_REMOVED
+        .get_or_init(|| {
+            let (root, cgroups) = (builder.builds_root.clone(), builder.cgroups.clone());
+            async move {
+                let _ = blocking(move || remove_stale(&root, cgroups.as_ref())).await;
+            }
+        })
+        .await;
 
     let work = WorkDir::create(&builder.builds_root, &spec.id)?;
     receive_context(body, &work.upload()).await?;

@@ -32,7 +32,12 @@ fn context(s: &Server, name: &str, dockerfile: &str, files: &[(&str, &[u8])]) ->
     for (path, data) in files {
         let p = dir.join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, data).unwrap();
+        std::fs::write(&p, data).unwrap();
+        // COPY keeps the context's modes: the programs must be executable there.
+        if matches!(*path, "busybox" | "app") {
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
     }
     dir
 }
@@ -113,12 +118,6 @@ fn dockerfile_builds_stream_output_and_the_image_serves_through_the_proxy() {
             ("README.md", b"not sent"),
         ],
     );
-    // COPY keeps the context's modes: the binary must be executable there.
-    std::fs::set_permissions(
-        dir.join("app"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     let out = s.hangar(&[
         "build",
         dir.to_str().unwrap(),
@@ -227,7 +226,7 @@ fn failing_builds_show_the_step_and_its_output() {
     let dir = context(
         &s,
         "run",
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo preparing the widget; exit 3\"]\n",
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo preparing the $((1+1))nd widget; exit 3\"]\n",
         &[("busybox", &busybox)],
     );
     let out = s.hangar(&["build", dir.to_str().unwrap(), "--app", "broken"]);
@@ -239,11 +238,11 @@ fn failing_builds_show_the_step_and_its_output() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("preparing the widget"),
+        stderr.contains("preparing the 2nd widget"),
         "the step's output: {stderr}"
     );
     assert!(
-        stdout.contains("preparing the widget"),
+        stdout.contains("preparing the 2nd widget"),
         "streamed live: {stdout}"
     );
     assert!(
@@ -292,9 +291,22 @@ fn failing_builds_show_the_step_and_its_output() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|l| l.as_str().unwrap().contains("preparing the widget")),
+            .any(|l| l.as_str().unwrap().contains("preparing the 2nd widget")),
         "{last}"
     );
+    // A step that needs more memory than the build's cgroup allows is OOM-killed, and
+    // the error says so.
+    let dir = context(
+        &s,
+        "hog",
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"dd\", \"if=/dev/zero\", \"of=/dev/null\", \"bs=400M\", \"count=1\"]\n",
+        &[("busybox", &busybox)],
+    );
+    let out = s.hangar(&["build", dir.to_str().unwrap(), "--app", "broken", "--memory", "128"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the memory hog was not stopped");
+    assert!(stderr.contains("ran out of memory (limit 128 MiB) at STEP 3/3: RUN"), "{stderr}");
+
     // Nothing was stored under the app's name.
     let images = s.json(&["images", "list"]);
     assert!(
@@ -319,7 +331,7 @@ fn a_build_whose_client_goes_away_is_killed_and_cleaned_up() {
         &s,
         "slow",
         &format!(
-            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo sleeping now; exec /bin/busybox sleep {marker}\"]\n"
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo sleeping $((2*3)); exec /bin/busybox sleep {marker}\"]\n"
         ),
         &[("busybox", &busybox)],
     );
@@ -337,21 +349,23 @@ fn a_build_whose_client_goes_away_is_killed_and_cleaned_up() {
     for line in lines.by_ref() {
         let line = line.unwrap();
         seen.push(line.clone());
-        if line.contains("sleeping now") {
+        if line.contains("sleeping 6") {
             break;
         }
         assert!(seen.len() < 1000, "no RUN output: {seen:?}");
     }
     assert!(
-        seen.iter().any(|l| l.contains("sleeping now")),
+        seen.iter().any(|l| l.contains("sleeping 6")),
         "{seen:?}\n{}",
         s.server_log()
     );
     let sleep_cmd = format!("/bin/busybox sleep {marker}");
     // The shell execs the sleep right after its echo.
-    eventually(Duration::from_secs(10), "the RUN step's sleep to run", || {
-        (!processes_with(&sleep_cmd).is_empty()).then_some(())
-    });
+    eventually(
+        Duration::from_secs(10),
+        "the RUN step's sleep to run",
+        || (!processes_with(&sleep_cmd).is_empty()).then_some(()),
+    );
     assert!(
         std::fs::read_dir(s.data_dir().join("builds"))
             .unwrap()
