@@ -338,6 +338,15 @@ fn deploys_switch_versions_without_losing_a_request_and_failures_leave_the_old_r
     let out = s.hangar(&["scale", "count", "1", "--app", "web"]);
     assert_ok(&out, &s);
     assert_eq!(releases_of_machines(&status(&s)), vec![8]);
+
+    // Scale memory: a new release (v9) rolled like a deploy, with the new guest.
+    let out = s.hangar(&["scale", "memory", "192", "--app", "web"]);
+    assert_ok(&out, &s);
+    let st = status(&s);
+    assert_eq!(releases_of_machines(&st), vec![9]);
+    let id = st["machines"][0]["id"].as_str().unwrap().to_owned();
+    let m = s.json(&["machine", "status", &id, "--app", "web"]);
+    assert_eq!(m["config"]["guest"]["memory_mb"], 192, "{m}");
 }
 
 #[test]
