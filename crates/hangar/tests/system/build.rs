@@ -542,3 +542,54 @@ fn bad_build_requests_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_hello_example_builds_offline_and_serves_its_page() {
+    require_root!();
+    if !have_buildah() {
+        return;
+    }
+    let s = Server::start();
+    s.ok(&["apps", "create", "hello"]);
+    // A copy of examples/hello, prepared as its README says, so the tree stays clean.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
+    let dir = s.data_dir().join("hello");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(&example)
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(dir.join("bin"));
+    let out = Command::new(dir.join("prepare.sh")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = s.hangar(&["build", dir.to_str().unwrap(), "--app", "hello"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // .dockerignore sends only the Dockerfile, busybox and www/ (and itself).
+    assert!(stderr.contains("Sending the build context: 4 files"), "{stderr}");
+    assert!(stdout.contains("STEP 3/8: RUN"), "{stdout}");
+    let image = stdout.lines().last().unwrap().trim().to_owned();
+
+    let config = json!({
+        "image": image,
+        "services": [{
+            "protocol": "tcp",
+            "internal_port": 8080,
+            "ports": [{"port": 80, "handlers": ["http"]}]
+        }]
+    });
+    let body = json!({"name": "web", "config": config}).to_string();
+    let (code, m) = s.api("POST", "/v1/apps/hello/machines", Some(&body));
+    assert_eq!(code, 200, "{m}\n{}", s.server_log());
+    let page = std::fs::read_to_string(example.join("www/index.html")).unwrap();
+    let body = eventually(Duration::from_secs(30), "the example's page", || {
+        let (code, body) = through_proxy(s.http, "hello.localhost", "/");
+        (code == 200).then_some(body)
+    });
+    assert_eq!(body, page);
+    assert_no_build_left(&s);
+}
