@@ -7,6 +7,7 @@ set -euo pipefail
 packages=(
   runc busybox-static iproute2 nftables ca-certificates curl jq
   skopeo umoci docker-registry apache2-utils
+  buildah  # server-side Dockerfile builds (docs/builds.md)
 )
 missing=()
 for p in "${packages[@]}"; do
