@@ -402,8 +402,8 @@ fn deploy_bad_input_is_refused_with_a_clear_error() {
     );
     // Concurrent deploys of one app are refused.
     write_config(dir.path(), "v1", "rolling", "");
-    let first = s.hangar(&["deploy", d, "--image", "web:base", "--detach"]);
-    assert_ok(&first, &s);
+    let first = s.json(&["deploy", d, "--image", "web:base", "--detach"]);
+    let id = first["id"].as_str().unwrap();
     let second = s.hangar(&["deploy", d, "--image", "web:base"]);
     assert!(!second.status.success());
     assert!(
@@ -411,6 +411,10 @@ fn deploy_bad_input_is_refused_with_a_clear_error() {
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
+    // Reattach and follow the detached deploy to its end.
+    let out = s.ok(&["deploy", "--wait", id, "--app", "web"]);
+    assert!(out.contains("is live"), "{out}");
+    fails(&["deploy", "--wait", "01NOPE", "--app", "web"], "not found");
     let (code, body) = s.api("POST", "/v1/apps/web/deploys", Some("{\"image\": \"\"}"));
     assert!(code == 400 || code == 409, "{code} {body}");
     let (code, body) = s.api("POST", "/v1/apps/web/scale", Some("{}"));
