@@ -292,7 +292,10 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
 
     tracing::info!(api = %bound, http = %http_bound, domain = %args.domain, data_dir = %data.display(), "hangar server ready");
     if let Some(path) = &args.ready_file {
-        std::fs::write(path, format!("{bound}\n{http_bound}\n"))?;
+        // Written whole and renamed into place: a reader never sees half a file.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{bound}\n{http_bound}\n"))?;
+        std::fs::rename(&tmp, path)?;
     }
     let registry = Arc::new(registry);
     let metrics = axum::Router::new().route(
