@@ -633,21 +633,23 @@ impl Keyring {
                 return Err(e);
             }
         };
+        let rotation = Rotation {
+            old_master_key_id: old.id().to_owned(),
+            master_key_id: new.id().to_owned(),
+            apps,
+        };
+        // The store is under the new key from here on, so this process uses it even if
+        // the rename fails; the next start finishes a rename that did not happen.
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
         fs::rename(&pending, &self.path).map_err(|source| SecretsError::KeyFile {
             what: "replace",
             path: self.path.clone(),
             source,
         })?;
         let _ = sync_parent(&self.path);
-        let rotation = Rotation {
-            old_master_key_id: old.id().to_owned(),
-            master_key_id: new.id().to_owned(),
-            apps,
-        };
-        *self
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
         tracing::info!(old = %rotation.old_master_key_id, new = %rotation.master_key_id, apps, "rotated the master key");
         Ok(rotation)
     }
