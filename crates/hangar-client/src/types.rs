@@ -247,4 +247,8 @@ pub struct GcReport {
     /// Bytes freed.
     #[serde(default)]
     pub freed_bytes: u64,
+    /// Deploy image tags (`<app>:deployment-*`) removed because no recent release or
+    /// machine uses them.
+    #[serde(default)]
+    pub untagged: Vec<String>,
 }

@@ -129,6 +129,9 @@ pub async fn run(ctx: &Ctx, command: ImagesCommand) -> anyhow::Result<()> {
             if ctx.out.json {
                 return ctx.out.json(&report);
             }
+            for tag in &report.untagged {
+                ctx.out.line(format_args!("Untagged {tag}"))?;
+            }
             ctx.out.line(format_args!(
                 "Removed {} blobs and {} layers, freed {}",
                 report.removed_blobs,

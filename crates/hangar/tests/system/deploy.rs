@@ -541,3 +541,51 @@ fn launch_writes_a_config_creates_the_app_builds_and_serves() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn image_gc_keeps_the_last_releases_and_running_images() {
+    require_root!();
+    let s = Server::start();
+    s.ok(&["apps", "create", "web"]);
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "v1", "immediate", "");
+    // Seven deploys of seven different images, each uploaded as an archive (so each gets
+    // a `web:deployment-*` tag). The default keeps the last 5 releases' images.
+    let mut tags = Vec::new();
+    for i in 0..7 {
+        let archive = dir.path().join(format!("img{i}.tar"));
+        image()
+            .file("etc/build-number", format!("{i}\n").as_bytes(), 0o644)
+            .write_oci_archive(&archive, None)
+            .unwrap();
+        let out = s.hangar(&[
+            "deploy",
+            dir.path().to_str().unwrap(),
+            "--image-archive",
+            archive.to_str().unwrap(),
+        ]);
+        assert_ok(&out, &s);
+        let rel = s.json(&["releases", "--app", "web"]);
+        tags.push(rel[0]["image"].as_str().unwrap().to_owned());
+    }
+    let report = s.json(&["images", "gc"]);
+    let untagged: Vec<String> = report["untagged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(untagged, tags[..2].to_vec(), "{report}");
+    let listed = s.ok(&["images", "list"]);
+    for kept in &tags[2..] {
+        assert!(
+            listed.contains(kept.as_str()),
+            "{kept} must stay:\n{listed}"
+        );
+    }
+    // The running release still serves, and rolling back to a kept release works.
+    assert_ok(&s.hangar(&["rollback", "4", "--app", "web"]), &s);
+    eventually(Duration::from_secs(10), "the app to serve", || {
+        (get(s.http, "web.localhost").0 == 200).then_some(())
+    });
+}
