@@ -198,9 +198,34 @@ async fn change(
     let client = ctx.client()?;
     let changed = client.update_secrets(app, &changes, apply.stage).await?;
     if ctx.out.json {
+        // Scripts get the answer once the restart is over (unless --detach), like people.
+        if let (Some(deploy), false) = (&changed.deploy_id, apply.detach) {
+            let mut events = client.follow_deploy(app, deploy, 0).await?;
+            while let Some(event) = events.next().await {
+                event?;
+            }
+            check_deploy(&client, app, deploy).await?;
+        }
         return ctx.out.json(&changed);
     }
     report(ctx, app, &changed, apply).await
+}
+
+/// Fails unless the deploy that applied the change completed.
+async fn check_deploy(
+    client: &hangar_client::Client,
+    app: &str,
+    deploy: &str,
+) -> anyhow::Result<()> {
+    let done = client.get_deploy(app, deploy).await?;
+    if done.status != "complete" {
+        bail!(
+            "the restart with the new secrets ended {}: {}; see `hangar status -a {app}`",
+            done.status,
+            done.reason.as_deref().unwrap_or("no reason recorded")
+        );
+    }
+    Ok(())
 }
 
 async fn report(
@@ -234,15 +259,7 @@ async fn report(
         let event = event?;
         ctx.out.line(format_args!("  {}", event.message))?;
     }
-    let done = client.get_deploy(app, deploy).await?;
-    if done.status != "complete" {
-        bail!(
-            "the restart with the new secrets ended {}: {}; see `hangar status -a {app}`",
-            done.status,
-            done.reason.as_deref().unwrap_or("no reason recorded")
-        );
-    }
-    Ok(())
+    check_deploy(&client, app, deploy).await
 }
 
 #[cfg(test)]
