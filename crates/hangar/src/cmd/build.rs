@@ -61,10 +61,21 @@ pub struct BuildArgs {
     #[arg(long, value_name = "FILE", conflicts_with_all = ["dockerfile", "target", "build_arg"])]
     pub image_archive: Option<PathBuf>,
     /// Registry user for --image [default: from ~/.docker/config.json].
-    #[arg(long, value_name = "USER", requires = "registry_password", requires = "image")]
+    #[arg(
+        long,
+        value_name = "USER",
+        requires = "registry_password",
+        requires = "image"
+    )]
     pub registry_username: Option<String>,
     /// Registry password for --image; prefer the environment variable.
-    #[arg(long, value_name = "PASSWORD", env = "HANGAR_REGISTRY_PASSWORD", hide_env_values = true, requires = "registry_username")]
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "HANGAR_REGISTRY_PASSWORD",
+        hide_env_values = true,
+        requires = "registry_username"
+    )]
     pub registry_password: Option<String>,
     /// Pull over plain HTTP.
     #[arg(long, requires = "image")]

@@ -302,10 +302,20 @@ fn failing_builds_show_the_step_and_its_output() {
         "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"dd\", \"if=/dev/zero\", \"of=/dev/null\", \"bs=400M\", \"count=1\"]\n",
         &[("busybox", &busybox)],
     );
-    let out = s.hangar(&["build", dir.to_str().unwrap(), "--app", "broken", "--memory", "128"]);
+    let out = s.hangar(&[
+        "build",
+        dir.to_str().unwrap(),
+        "--app",
+        "broken",
+        "--memory",
+        "128",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "the memory hog was not stopped");
-    assert!(stderr.contains("ran out of memory (limit 128 MiB) at STEP 3/3: RUN"), "{stderr}");
+    assert!(
+        stderr.contains("ran out of memory (limit 128 MiB) at STEP 3/3: RUN"),
+        "{stderr}"
+    );
 
     // Nothing was stored under the app's name.
     let images = s.json(&["images", "list"]);
@@ -563,14 +573,21 @@ fn the_hello_example_builds_offline_and_serves_its_page() {
     assert!(status.success());
     let _ = std::fs::remove_dir_all(dir.join("bin"));
     let out = Command::new(dir.join("prepare.sh")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = s.hangar(&["build", dir.to_str().unwrap(), "--app", "hello"]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stdout}\n{stderr}");
     // .dockerignore sends only the Dockerfile, busybox and www/ (and itself).
-    assert!(stderr.contains("Sending the build context: 4 files"), "{stderr}");
+    assert!(
+        stderr.contains("Sending the build context: 4 files"),
+        "{stderr}"
+    );
     assert!(stdout.contains("STEP 3/8: RUN"), "{stdout}");
     let image = stdout.lines().last().unwrap().trim().to_owned();
 
