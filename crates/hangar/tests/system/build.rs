@@ -397,6 +397,25 @@ fn a_build_whose_client_goes_away_is_killed_and_cleaned_up() {
         },
     );
     assert_no_build_left(&s);
+
+    // A build past its timeout is killed the same way, and the error says why.
+    let out = s.hangar(&[
+        "build",
+        dir.to_str().unwrap(),
+        "--app",
+        "slow",
+        "--timeout",
+        "3s",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "a build past its timeout succeeded");
+    assert!(stderr.contains("the build took longer than 3s"), "{stderr}");
+    assert!(
+        processes_with(&sleep_cmd).is_empty(),
+        "the timed-out step still runs"
+    );
+    assert_no_build_left(&s);
+
     let images = s.json(&["images", "list"]);
     assert!(!images.to_string().contains("slow:deployment"), "{images}");
 }
