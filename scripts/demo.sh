@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: installs what is needed, builds Hangar, starts `hangar server` in the background
-# (API on 127.0.0.1:4280, edge proxy on :80), imports the example image (built offline from
-# busybox-static), runs a machine that serves HTTP, and curls it through the proxy at
+# (API on 127.0.0.1:4280, edge proxy on :80), then `hangar launch examples/hello`: writes
+# examples/hello/hangar.toml, creates the app, builds the Dockerfile on the server (buildah,
+# offline: FROM scratch with busybox-static), deploys it, and curls it through the proxy at
 # http://hello.localhost/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,22 +24,11 @@ if ! curl -fsS http://127.0.0.1:4280/healthz >/dev/null 2>&1; then
   curl -fsS http://127.0.0.1:4280/healthz >/dev/null || { cat /var/log/hangar.log; exit 1; }
 fi
 
-echo "==> building and importing the example image"
-image_dir=$(mktemp -d)
-trap 'rm -rf "$image_dir"' EXIT
-./examples/hello/build-image.sh "$image_dir/hello"
-"$hangar" images import "$image_dir/hello" --tag hello:latest
-
-"$hangar" apps list --json | jq -e '.[] | select(.name == "hello")' >/dev/null 2>&1 || "$hangar" apps create hello
-for id in $("$hangar" machine list --app hello --json | jq -r '.[].id'); do
-  "$hangar" machine destroy "$id" --app hello --force >/dev/null
-done
-echo "==> hangar machine run hello:latest --app hello --port 80:8080/tcp:http"
-"$hangar" machine run hello:latest --app hello --name web --port 80:8080/tcp:http
-ip=$("$hangar" machine list --app hello --json | jq -r '.[0].private_ipv4')
-echo "==> the machine answers on its private address: curl http://$ip:8080/"
-curl -fsS "http://$ip:8080/" >/dev/null
-echo "==> and through the edge proxy:"
+echo "==> hangar launch examples/hello (Dockerfile FROM scratch, built on the server by buildah, offline)"
+./examples/hello/prepare.sh >/dev/null
+"$hangar" launch examples/hello --name hello
+echo "==> hangar status --app hello"
+"$hangar" status --app hello
 echo "URL: http://hello.localhost/"
 for _ in $(seq 1 50); do
   curl -fsS --resolve hello.localhost:80:127.0.0.1 http://hello.localhost/ >/dev/null 2>&1 && break
