@@ -120,7 +120,7 @@ pub(super) async fn create(
     });
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(event_lines(rx)),
+        Body::from_stream(event_lines(rx, KEEPALIVE)),
     )
         .into_response())
 }
@@ -130,8 +130,10 @@ pub(super) async fn create(
 /// which drops this stream and so cancels the build.
 fn event_lines(
     rx: mpsc::Receiver<BuildEvent>,
+    keepalive: std::time::Duration,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
-    let mut ticks = tokio::time::interval(KEEPALIVE);
+    // The first tick comes after one period, not at once.
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     futures_util::stream::unfold((rx, ticks), |(mut rx, mut ticks)| async move {
         let line = tokio::select! {
@@ -176,4 +178,66 @@ async fn receive_context(body: Body, path: &std::path::Path) -> ApiResult<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_errors_map_to_statuses() {
+        let cases = [
+            (
+                BuildError::NoBuildah {
+                    looked: "PATH=/bin".into(),
+                },
+                422,
+            ),
+            (BuildError::BadRequest("x".into()), 400),
+            (BuildError::BadContext("x".into()), 400),
+            (BuildError::TooLarge { limit: 1 }, 413),
+            (
+                BuildError::Io {
+                    what: "x".into(),
+                    source: std::io::Error::other("y"),
+                },
+                500,
+            ),
+        ];
+        for (e, status) in cases {
+            let msg = e.to_string();
+            let api = ApiError::from(e);
+            assert_eq!(api.status().as_u16(), status, "{msg}");
+            assert_eq!(api.to_string(), msg);
+        }
+        let msg = ApiError::from(BuildError::NoBuildah {
+            looked: "PATH=/bin".into(),
+        })
+        .to_string();
+        assert_eq!(
+            msg,
+            "buildah is not installed on the server (PATH=/bin): apt-get install buildah"
+        );
+    }
+
+    #[tokio::test]
+    async fn events_stream_as_lines_with_keepalives_between() {
+        let (tx, rx) = mpsc::channel(4);
+        let stream = event_lines(rx, std::time::Duration::from_millis(50));
+        tokio::pin!(stream);
+        tx.send(BuildEvent::Log { line: "a".into() }).await.unwrap();
+        let first = futures_util::StreamExt::next(&mut stream)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&first[..], b"{\"type\":\"log\",\"line\":\"a\"}\n");
+        // After 50 ms of silence comes an empty line.
+        let keepalive = futures_util::StreamExt::next(&mut stream)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&keepalive[..], b"\n");
+        drop(tx);
+        assert!(futures_util::StreamExt::next(&mut stream).await.is_none());
+    }
 }
