@@ -82,6 +82,7 @@ to_us() { # wrk latency like 812.00us / 1.23ms / 2.00s
 
 results=$work/results.tsv
 : >"$results"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 names=(hangar nginx haproxy)
 echo "throughput: wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS alternating rounds" >&2
 for round in $(seq 1 "$ROUNDS"); do
@@ -127,21 +128,22 @@ for name in "${names[@]}"; do
     read -r ready _ <&"${IDLE_CLIENTS[0]}"
     [[ "$ready" == ready ]] || { echo "idle clients failed against $name" >&2; exit 1; }
     after=$(pss_kib "$name")
-    exec {fd}>&"${IDLE_CLIENTS[1]}"
-    exec {fd}>&-
-    exec {IDLE_CLIENTS[1]}>&-
+    # Closing the clients' stdin makes them exit.
+    to_clients=${IDLE_CLIENTS[1]}
+    exec {to_clients}>&-
     wait "$IDLE_CLIENTS_PID" || true
     printf '%s\tpss_kib_idle\t%s\n%s\tkib_per_idle_conn\t%s\n' "$name" "$after" "$name" "$(python3 -c "print(($after - $before) / $IDLE)")" >>"$results"
     echo "  $name: Pss ${before} KiB -> ${after} KiB with $IDLE idle connections" >&2
     sleep 1
 done
 
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 nginx_version=$(nginx -v 2>&1 | cut -d/ -f2)
 # awk reads all of its input: `head` would make haproxy die of SIGPIPE under pipefail.
 haproxy_version=$(haproxy -v 2>/dev/null | awk 'NR == 1 {print $3}')
-summary=$(python3 - "$results" "$ROUNDS" "$DURATION" "$CONNS" "$RATE" "$RATE_REQUESTS" "$IDLE" "$nginx_version" "$haproxy_version" <<'PY'
+summary=$(python3 - "$results" "$ROUNDS" "$DURATION" "$CONNS" "$RATE" "$RATE_REQUESTS" "$IDLE" "$nginx_version" "$haproxy_version" "$load_before" "$load_after" <<'PY'
 import statistics, sys, collections, datetime, platform, subprocess
-path, rounds, duration, conns, rate, rate_requests, idle, nginx_version, haproxy_version = sys.argv[1:]
+path, rounds, duration, conns, rate, rate_requests, idle, nginx_version, haproxy_version, load_before, load_after = sys.argv[1:]
 data = collections.defaultdict(list)
 for line in open(path):
     name, metric, value = line.rstrip("\n").split("\t")
@@ -155,7 +157,7 @@ cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d:
 out = []
 out.append(f"## Edge proxy vs nginx vs haproxy ({datetime.date.today().isoformat()})\n")
 out.append(f"Machine: {platform.node()}, {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, Linux {platform.release()}. "
-           f"nginx {nginx_version}, haproxy {haproxy_version}.\n")
+           f"nginx {nginx_version}, haproxy {haproxy_version}. Load average (1/5/15 min) {load_before} at the start, {load_after} at the end.\n")
 out.append(f"Command: `bench/proxy/run.sh` (ROUNDS={rounds} DURATION={duration} CONNS={conns} RATE={rate} RATE_REQUESTS={rate_requests} IDLE={idle}). "
            f"Each proxy pinned to core 1 (`taskset -c 1`, one worker/thread, current-thread tokio runtime for Hangar); "
            f"upstream (`--example upstream`, 6-byte body) and load generator on core 0; "
@@ -180,6 +182,7 @@ PY
 echo
 echo "$summary"
 if [[ $APPEND == 1 ]]; then
+    # shellcheck disable=SC2016 # the backquotes are Markdown
     [[ -e "$root/docs/benchmarks.md" ]] || printf '# Benchmarks\n\nResults of the scripts in `bench/`, newest last.\n' >"$root/docs/benchmarks.md"
     printf '\n%s\n' "$summary" >>"$root/docs/benchmarks.md"
     echo "appended to docs/benchmarks.md" >&2

@@ -108,6 +108,9 @@ pub(crate) struct ClientIo {
     pub(crate) released: bool,
     /// The client closed its side, or reading failed.
     pub(crate) closed: bool,
+    /// The last write could not finish: hyper still holds response bytes to send, so the
+    /// connection must not be released (hyper would drop them when it ends).
+    write_pending: bool,
     /// Whether the request head being read asked for JSON, and for which request number.
     wants_json: bool,
     wants_json_for: usize,
@@ -135,6 +138,7 @@ impl ClientIo {
             idle_timer_armed: false,
             released: false,
             closed: false,
+            write_pending: false,
             wants_json: false,
             wants_json_for: usize::MAX,
             max_header_bytes,
@@ -163,6 +167,20 @@ impl ClientIo {
         }
         let status_line = buf.starts_with(b"HTTP/1.1 4") || buf.starts_with(b"HTTP/1.0 4");
         status_line && !contains_ignore_case(head_of(buf), b"x-request-id:")
+    }
+
+    /// Tracks whether hyper has response bytes it could not send yet. When a blocked write
+    /// finishes between requests, the task is woken so that hyper reads again and the
+    /// connection can be released (hyper reads before it writes in each round).
+    fn note_write(&mut self, cx: &Context<'_>, pending: bool) {
+        if pending {
+            self.write_pending = true;
+        } else if self.write_pending {
+            self.write_pending = false;
+            if self.shared.idle() {
+                cx.waker().wake_by_ref();
+            }
+        }
     }
 
     fn replacement_for(&self, buf: &[u8]) -> Vec<u8> {
@@ -209,7 +227,10 @@ impl AsyncRead for ClientIo {
                 Poll::Ready(Err(err))
             }
             Poll::Pending => {
-                if !this.shared.idle() || !this.shared.may_release.load(Ordering::Relaxed) {
+                if this.write_pending
+                    || !this.shared.idle()
+                    || !this.shared.may_release.load(Ordering::Relaxed)
+                {
                     return Poll::Pending;
                 }
                 if this.release_after.is_zero() {
@@ -260,7 +281,9 @@ impl AsyncWrite for ClientIo {
             this.swallow = true;
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.note_write(cx, result.is_pending());
+        result
     }
 
     fn poll_write_vectored(
@@ -277,7 +300,9 @@ impl AsyncWrite for ClientIo {
                 .map_or(&[][..], |b| &**b);
             return Pin::new(this).poll_write(cx, first);
         }
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.note_write(cx, result.is_pending());
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1251,3 +1251,62 @@ async fn curl_reaches_the_app_over_http1_and_h2c() {
         assert!(text.ends_with("\r\n\r\na"), "{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_the_whole_response_before_the_connection_is_released() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Upstream::start("a").await;
+    let proxy = start_proxy(test_options()).await;
+    proxy.proxy.publish(snapshot(
+        1,
+        vec![route(
+            "app",
+            ConcurrencyKind::Requests,
+            vec![a.backend(BackendStatus::Eligible)],
+        )],
+    ));
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // 32 MB is more than loopback socket buffers hold, so the proxy's writes block while the
+    // client is not reading, and the response ends while bytes still wait to be sent.
+    let size = 32 * 1024 * 1024;
+    stream
+        .write_all(
+            format!("GET /download?bytes={size} HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut received = Vec::with_capacity(size + 64 * 1024);
+    let mut buf = vec![0u8; 256 * 1024];
+    let complete = tokio::time::timeout(EVENTUALLY, async {
+        // Bounded by the timeout; a chunked body ends with the zero-size chunk.
+        while !received.ends_with(b"\r\n0\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "the proxy closed the connection after {} bytes",
+                received.len()
+            );
+            received.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        complete.is_ok(),
+        "the response stopped after {} bytes",
+        received.len()
+    );
+    let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+    // Chunk-size lines are hex digits, so every 'x' after the head is payload.
+    let payload = received[head_end..].iter().filter(|&&b| b == b'x').count();
+    assert_eq!(payload, size, "body bytes");
+    // The connection still serves the next request.
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -57,11 +57,6 @@ pub fn normalize_hostname(raw: &str) -> Result<String, String> {
         ));
     }
     let labels: Vec<&str> = name.split('.').collect();
-    if labels.len() < 2 {
-        return Err(format!(
-            "{name:?} is a single label: give a fully qualified name such as {name}.example.com"
-        ));
-    }
     for label in &labels {
         if *label == "*" {
             return Err(format!(
@@ -79,6 +74,11 @@ pub fn normalize_hostname(raw: &str) -> Result<String, String> {
                 "{name:?} has an invalid label {label:?}: each dot-separated part must be 1-63 of a-z, 0-9 and '-', not starting or ending with '-'"
             ));
         }
+    }
+    if labels.len() < 2 {
+        return Err(format!(
+            "{name:?} is a single label: give a fully qualified name such as {name}.example.com"
+        ));
     }
     if labels
         .last()
