@@ -65,7 +65,7 @@ http:
   addr: 127.0.0.1:$dr_port
 YAML
 docker-registry serve "$work/registry.yml" >"$work/docker-registry.log" 2>&1 & pids+=($!)
-for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$dr_port/v2/" && break; sleep 0.1; done
+for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$dr_port/v2/" && break; sleep 0.1; done
 curl -fsS -o /dev/null "http://127.0.0.1:$dr_port/v2/" || { echo "docker-registry did not start" >&2; exit 1; }
 
 declare -A host=([hangar]=$hangar_host [docker-registry]=127.0.0.1:$dr_port)

@@ -1,12 +1,11 @@
 //! Blob reads (`GET`/`HEAD`, with `Range`) and blob unlinking (`DELETE`).
 
-use std::io::SeekFrom;
+use std::io::{Read as _, Seek as _, SeekFrom};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
-use tokio_util::io::ReaderStream;
+use bytes::{Bytes, BytesMut};
 
 use crate::error::{RegistryError, RegistryResult};
 use crate::names::parse_digest;
@@ -15,6 +14,8 @@ use crate::{Registry, blocking, empty};
 /// Read buffer for streaming blobs: large reads keep the syscall count low on
 /// multi-hundred-megabyte layers.
 const READ_BUFFER: usize = 1 << 20;
+/// Chunks read ahead of the socket.
+const READ_AHEAD: usize = 4;
 
 /// A parsed `Range: bytes=...` request, resolved against the blob's length.
 fn byte_range(headers: &HeaderMap, len: u64) -> RegistryResult<Option<(u64, u64)>> {
@@ -69,6 +70,51 @@ fn byte_range(headers: &HeaderMap, len: u64) -> RegistryResult<Option<(u64, u64)
     Ok(Some((start, end)))
 }
 
+/// Streams `count` bytes of `file` from `start`. One blocking thread reads ahead into a
+/// small bounded queue, so disk reads overlap with socket writes without a thread hop per
+/// read; it stops when the client goes away (the queue's receiver is dropped).
+fn read_ahead(
+    mut file: std::fs::File,
+    start: u64,
+    count: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = file.seek(SeekFrom::Start(start)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        let mut left = count;
+        while left > 0 {
+            let want = left.min(READ_BUFFER as u64) as usize;
+            let mut buf = BytesMut::zeroed(want);
+            let n = match file.read(&mut buf) {
+                Ok(0) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the blob is shorter than its recorded length",
+                    )));
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            buf.truncate(n);
+            left -= n as u64;
+            if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                return;
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
 /// `GET`/`HEAD /v2/<name>/blobs/<digest>`: streams the blob from the store.
 pub(crate) async fn get(
     registry: &Registry,
@@ -91,12 +137,10 @@ pub(crate) async fn get(
         .images
         .blob_path(&digest)
         .ok_or_else(unknown)?;
-    let mut file = tokio::fs::File::open(&path)
-        .await
+    let file = std::fs::File::open(&path)
         .map_err(|e| RegistryError::internal(format!("opening {}: {e}", path.display())))?;
     let len = file
         .metadata()
-        .await
         .map_err(|e| RegistryError::internal(format!("reading {}: {e}", path.display())))?
         .len();
     let range = byte_range(headers, len)?;
@@ -119,13 +163,7 @@ pub(crate) async fn get(
     response_headers.push((header::CONTENT_LENGTH, count.to_string()));
     let mut response = empty(status, response_headers);
     if !head {
-        if start > 0 {
-            file.seek(SeekFrom::Start(start))
-                .await
-                .map_err(|e| RegistryError::internal(format!("seeking {}: {e}", path.display())))?;
-        }
-        let stream = ReaderStream::with_capacity(file.take(count), READ_BUFFER);
-        *response.body_mut() = Body::from_stream(stream);
+        *response.body_mut() = Body::from_stream(read_ahead(file, start, count));
     }
     Ok(response)
 }
