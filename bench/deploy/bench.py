@@ -18,8 +18,8 @@ round it reports:
   before answering, sent again once on a new connection (what browsers and HTTP client
   libraries do for an idempotent request); counted separately, an error only when the
   second try fails too;
-- mixed: old-version responses received after the first new one (a client that saw both
-  versions alternate).
+- mixed: old-version responses to requests sent after the first new-version response
+  arrived (the versions alternating rather than switching once).
 
 Run by run.sh, which sets everything up; see bench/README.md.
 """
@@ -149,7 +149,10 @@ def run_round(side, addr, vhost, old, new, command, args, log):
     errors = [s for s in samples if s[2] != 200 and not (isinstance(s[2], int) and 200 <= s[2] < 300)]
     first_new_t = min(news) if news else None
     last_old_t = max(olds) if olds else t0
-    mixed = sum(1 for t in olds if first_new_t is not None and t > first_new_t)
+    # A request sent before the switch may be answered by the old version a moment after a
+    # later request got the new one; only an old answer to a request sent after the first
+    # new answer arrived means the versions alternate.
+    mixed = sum(1 for s in during if s[3] == old and first_new_t is not None and s[0] > first_new_t)
     others = [s for s in during if s[2] == 200 and s[3] not in (old, new)]
     result = {
         "side": side,
@@ -255,7 +258,7 @@ def main():
     print(f"| command until exit (old version stopped), ms | {fmt([x['command_ms'] for x in by['hangar']])} | {fmt([x['command_ms'] for x in by['docker']])} | {medc['hangar'] / medc['docker']:.2f}× |")
     for key, label in (("errors", "errors (non-2xx, failed requests), all rounds"),
                        ("reconnects", "reconnects (closed keep-alive, retried once), all rounds"),
-                       ("mixed", "old responses after the first new, all rounds"),
+                       ("mixed", "old answers to requests sent after the first new answer, all rounds"),
                        ("requests", "requests, all rounds")):
         print(f"| {label} | {sum(x[key] for x in by['hangar'])} | {sum(x[key] for x in by['docker'])} | |")
     worst = max(x["switch_ms"] for x in by["hangar"])

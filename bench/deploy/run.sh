@@ -105,6 +105,9 @@ cleanup() {
       hgbr* | docker0) [ -z "$(ip -o link show master "$b")" ] && ip link del "$b" ;;
     esac
   done
+  # The server's log has the deploys' steps with timestamps (created, healthy, drained):
+  # kept for every run, to see where a slow round's time went.
+  [ -s "$work/server.log" ] && cp "$work/server.log" "$out/server.log"
   grep -o " ${work}[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done
   [ $rc -ne 0 ] && for f in "$work/server.log" "$work/dockerd.log" "$work/nginx/error.log"; do
     [ -s "$f" ] && { echo "--- tail of $f" >&2; tail -20 "$f" >&2; cp "$f" "$out/"; }
