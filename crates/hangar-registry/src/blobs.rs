@@ -13,9 +13,9 @@ use crate::{Registry, blocking, empty};
 
 /// Read buffer for streaming blobs: large reads keep the syscall count low on
 /// multi-hundred-megabyte layers.
-const READ_BUFFER: usize = 1 << 20;
+const READ_BUFFER: usize = 4 << 20;
 /// Chunks read ahead of the socket.
-const READ_AHEAD: usize = 4;
+const READ_AHEAD: usize = 2;
 
 /// A parsed `Range: bytes=...` request, resolved against the blob's length.
 fn byte_range(headers: &HeaderMap, len: u64) -> RegistryResult<Option<(u64, u64)>> {
