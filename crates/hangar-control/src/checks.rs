@@ -18,6 +18,10 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Probe period while a check has not passed yet.
 pub const FAST_INTERVAL: Duration = Duration::from_millis(500);
+/// Probe period during the first seconds of a run, before the first pass.
+pub const STARTUP_INTERVAL: Duration = Duration::from_millis(50);
+/// How long after a start the checks probe at [`STARTUP_INTERVAL`].
+pub const STARTUP_WINDOW: Duration = Duration::from_secs(3);
 
 /// What to probe.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -438,8 +438,13 @@ impl Control {
                     };
                     ever_passed |= status == "passing";
                     this.record_check(&id, &spec.name, status, output).await;
+                    // Until the first pass, probe quickly: a new machine of a deploy waits
+                    // for it. Very quickly during the first seconds (most apps start
+                    // listening then), then less, so a machine that never passes costs little.
                     let wait = if ever_passed {
                         spec.interval
+                    } else if started.elapsed() < checks::STARTUP_WINDOW {
+                        spec.interval.min(checks::STARTUP_INTERVAL)
                     } else {
                         spec.interval.min(checks::FAST_INTERVAL)
                     };

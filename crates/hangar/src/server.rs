@@ -221,6 +221,12 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
     host_net
         .check_tools()
         .context("checking the networking tools")?;
+    // Bound before the control plane exists, so the URLs it shows carry the real port
+    // (also with --http-listen ...:0); connections wait in the backlog until the proxy serves.
+    let http_listener = tokio::net::TcpListener::bind(args.http_listen).await.with_context(|| {
+        format!("cannot listen on {} for the edge proxy (port in use, or not root for port 80? choose another with --http-listen)", args.http_listen)
+    })?;
+    let http_bound = http_listener.local_addr()?;
     let control = Control::new(
         store.clone(),
         images,
@@ -231,7 +237,7 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
             pool,
             host_memory_mb: pre.memory_mb,
             domain: args.domain.clone(),
-            http_port: args.http_listen.port(),
+            http_port: http_bound.port(),
             keep_releases: args.keep_releases,
         },
     );
@@ -254,10 +260,6 @@ async fn serve(args: ServerArgs, pre: Preflight) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (is another hangar server running? choose another with --api-listen)", args.api_listen))?;
     let bound = listener.local_addr()?;
-    let http_listener = tokio::net::TcpListener::bind(args.http_listen).await.with_context(|| {
-        format!("cannot listen on {} for the edge proxy (port in use, or not root for port 80? choose another with --http-listen)", args.http_listen)
-    })?;
-    let http_bound = http_listener.local_addr()?;
 
     let mut registry = prometheus_client::registry::Registry::default();
     let proxy = hangar_proxy::Proxy::new(
