@@ -74,7 +74,8 @@ results=$work/results.tsv
 : >"$results"
 now() { date +%s.%N; }
 
-echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "load before: $load_before"
 for round in $(seq 1 "$ROUNDS"); do
     layout=$work/image-$round
     python3 "$here/make_image.py" "$layout" "$SIZE_MB" "$LAYERS" "$round-$$"
@@ -100,7 +101,8 @@ for round in $(seq 1 "$ROUNDS"); do
     rm -rf "$layout"
     sync
 done
-echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "load after: $load_after"
 
 summary=$(python3 - "$results" <<'PY'
 import statistics, sys
@@ -130,6 +132,7 @@ if [[ $APPEND == 1 ]]; then
         echo "## Registry push/pull vs docker-registry ($(date -u +%Y-%m-%d))"
         echo
         echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); skopeo $(skopeo --version | awk '{print $3}'), docker-registry $(dpkg-query -W -f='${Version}' docker-registry 2>/dev/null || echo '?')."
+        echo "Load average before: $load_before, after: $load_after."
         echo "Command: \`ROUNDS=$ROUNDS SIZE_MB=$SIZE_MB LAYERS=$LAYERS bench/registry/run.sh --append\`"
         echo
         echo "$summary"
