@@ -164,7 +164,7 @@ fn skopeo_push_pull_round_trip_and_the_pushed_image_runs() {
     let (status, _, body) = raw(
         "POST",
         &format!("{}/v2/other/blobs/uploads/", s.url),
-        &[bearer.clone()],
+        std::slice::from_ref(&bearer),
         None,
     );
     assert_eq!(status, 403, "{body}");
@@ -198,7 +198,7 @@ fn skopeo_push_pull_round_trip_and_the_pushed_image_runs() {
     let (status, _, body) = raw(
         "POST",
         &format!("{}/v2/nosuchapp/blobs/uploads/", s.url),
-        &[admin.clone()],
+        std::slice::from_ref(&admin),
         None,
     );
     assert_eq!(status, 404, "{body}");
@@ -221,7 +221,7 @@ fn skopeo_push_pull_round_trip_and_the_pushed_image_runs() {
     let (status, _, body) = raw(
         "GET",
         &format!("{}/v2/RegApp/tags/list", s.url),
-        &[admin.clone()],
+        std::slice::from_ref(&admin),
         None,
     );
     assert_eq!(
@@ -232,7 +232,7 @@ fn skopeo_push_pull_round_trip_and_the_pushed_image_runs() {
     let (status, _, body) = raw(
         "GET",
         &format!("{}/v2/regapp/manifests/-bad", s.url),
-        &[admin.clone()],
+        std::slice::from_ref(&admin),
         None,
     );
     assert_eq!(
@@ -243,14 +243,14 @@ fn skopeo_push_pull_round_trip_and_the_pushed_image_runs() {
     let (status, _, body) = raw(
         "PATCH",
         &format!("{}/v2/regapp/blobs/uploads/", s.url),
-        &[admin.clone()],
+        std::slice::from_ref(&admin),
         None,
     );
     assert_eq!(status, 405, "{body}");
     let (status, head, _) = raw(
         "POST",
         &format!("{}/v2/regapp/blobs/uploads/", s.url),
-        &[admin.clone()],
+        std::slice::from_ref(&admin),
         None,
     );
     assert_eq!(status, 202);
