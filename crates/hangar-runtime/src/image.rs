@@ -342,7 +342,10 @@ impl ImageStore {
             .iter()
             .find(|l| self.blob_path(&l.digest).is_none())
         {
-            return Err(ImageError::NotFound(format!("layer blob {}", missing.digest)));
+            return Err(ImageError::NotFound(format!(
+                "layer blob {}",
+                missing.digest
+            )));
         }
         self.update_index(|idx| {
             idx.images.insert(manifest_digest.to_string());
@@ -735,7 +738,12 @@ impl ImageStore {
             keep_manifests = idx.tags.values().cloned().collect();
             // An image pushed to the registry by digest only stays usable by digest for as
             // long as the registry holds its manifest.
-            keep_manifests.extend(idx.images.iter().filter(|d| extra_roots.contains(*d)).cloned());
+            keep_manifests.extend(
+                idx.images
+                    .iter()
+                    .filter(|d| extra_roots.contains(*d))
+                    .cloned(),
+            );
             // An image a machine uses is kept even if its tag was removed meanwhile: the
             // machine still needs its layers. It stays listed (untagged) until unused.
             keep_manifests.extend(

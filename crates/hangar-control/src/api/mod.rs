@@ -2,8 +2,8 @@
 
 mod apps;
 mod builds;
-mod hostnames;
 mod deploys;
+mod hostnames;
 mod images;
 mod machines;
 mod orgs;
