@@ -269,3 +269,91 @@ fn skopeo_push_pull_round_trip_and_the_pushed_image_runs() {
     assert_eq!(status, 413, "{body}");
     assert_eq!(error_code(&body), "SIZE_INVALID");
 }
+
+/// `buildah push` (a second real client) to the built-in registry; the image runs.
+#[test]
+fn buildah_pushes_to_the_registry_and_the_image_runs() {
+    require_root!();
+    let have = Command::new("buildah").arg("--version").output();
+    if !have.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipping: buildah is not installed (CI installs it)");
+        return;
+    }
+    let s = Server::start();
+    let host = s.url.trim_start_matches("http://").to_owned();
+    s.ok(&["apps", "create", "bpush"]);
+    // buildah's own storage lives in the test's temporary dir, not the host's.
+    let root = s.dir.path().join("buildah-root");
+    let runroot = s.dir.path().join("buildah-run");
+    let buildah = |args: &[&str]| -> String {
+        let out = Command::new("buildah")
+            .arg("--root")
+            .arg(&root)
+            .arg("--runroot")
+            .arg(&runroot)
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "buildah {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let archive = s.dir.path().join("httpd-oci.tar");
+    httpd_image()
+        .write_oci_archive(&archive, Some("httpd:latest"))
+        .unwrap();
+    let source = format!("oci-archive:{}", archive.display());
+    // `pull --quiet` prints the image id: the local image to push.
+    let source = buildah(&["pull", "--quiet", &source]);
+    let target = format!("docker://{host}/bpush:v1");
+    let creds = format!("anyone:{}", s.token);
+    // Without credentials: refused.
+    let out = Command::new("buildah")
+        .arg("--root")
+        .arg(&root)
+        .arg("--runroot")
+        .arg(&runroot)
+        .args([
+            "--storage-driver",
+            "vfs",
+            "push",
+            "--tls-verify=false",
+            &source,
+            &target,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a push without credentials must fail"
+    );
+    buildah(&[
+        "push",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        &source,
+        &target,
+    ]);
+    let listed = s.ok(&["images", "list"]);
+    assert!(listed.contains("bpush:v1"), "{listed}");
+    s.ok(&[
+        "machine",
+        "run",
+        "bpush:v1",
+        "--app",
+        "bpush",
+        "--name",
+        "web",
+        "--port",
+        "80:8080/tcp:http",
+    ]);
+    eventually(Duration::from_secs(20), "the pushed image to serve", || {
+        let (code, _) = crate::support::through_proxy(s.http, "bpush.localhost", "/");
+        (code == 200).then_some(())
+    });
+}
