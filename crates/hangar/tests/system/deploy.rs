@@ -72,17 +72,18 @@ fn get(proxy: SocketAddr, host: &str) -> (u16, String) {
 }
 
 /// A bounded load of sequential requests on a few threads, recording every response.
-struct Load {
+pub struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<Vec<(u16, String)>>>,
 }
 
 impl Load {
-    fn start(proxy: SocketAddr, threads: usize) -> Load {
+    pub fn start(proxy: SocketAddr, host: &str, threads: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..threads)
             .map(|_| {
                 let stop = stop.clone();
+                let host = host.to_owned();
                 std::thread::spawn(move || {
                     let mut seen = Vec::new();
                     // Bounded: at most this many requests per thread.
@@ -90,7 +91,7 @@ impl Load {
                         if stop.load(Ordering::SeqCst) {
                             break;
                         }
-                        let (code, body) = get(proxy, "web.localhost");
+                        let (code, body) = get(proxy, &host);
                         let version = body
                             .split_whitespace()
                             .last()
@@ -106,7 +107,7 @@ impl Load {
     }
 
     /// Stops the load; returns each thread's responses in order.
-    fn finish(self) -> Vec<Vec<(u16, String)>> {
+    pub fn finish(self) -> Vec<Vec<(u16, String)>> {
         self.stop.store(true, Ordering::SeqCst);
         self.threads
             .into_iter()
@@ -204,7 +205,7 @@ fn deploys_switch_versions_without_losing_a_request_and_failures_leave_the_old_r
     ] {
         let previous = format!("v{}", release - 1);
         write_config(dir.path(), version, strategy, "");
-        let load = Load::start(s.http, 3);
+        let load = Load::start(s.http, "web.localhost", 3);
         let out = deploy(&s, dir.path(), &[]);
         if !out.status.success() {
             drop(load.finish());
@@ -235,7 +236,7 @@ fn deploys_switch_versions_without_losing_a_request_and_failures_leave_the_old_r
         .replace("wait_timeout = \"30s\"", "wait_timeout = \"5s\"")
         .replace("VERSION = \"v5\"", "VERSION = \"v5\"\n  UNHEALTHY = \"1\"");
     std::fs::write(dir.path().join("hangar.toml"), cfg).unwrap();
-    let load = Load::start(s.http, 2);
+    let load = Load::start(s.http, "web.localhost", 2);
     let started = Instant::now();
     let out = deploy(&s, dir.path(), &[]);
     let took = started.elapsed();

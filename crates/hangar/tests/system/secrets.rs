@@ -627,6 +627,7 @@ fn setting_secrets_rolls_a_deployed_app_unless_staged() {
     // Not staged: a new release, every machine restarted with both values; the command
     // follows the restart to its end.
     let rolled = random_canary();
+    let load = crate::deploy::Load::start(s.http, "rolled.localhost", 2);
     let out = seen.ok(
         &s,
         &[
@@ -638,6 +639,19 @@ fn setting_secrets_rolls_a_deployed_app_unless_staged() {
         ],
         None,
     );
+    let runs = load.finish();
+    let total: usize = runs.iter().map(Vec::len).sum();
+    assert!(total > 10, "the load made only {total} requests");
+    for run in &runs {
+        assert!(
+            run.iter().all(|(code, _)| *code == 200),
+            "requests failed while the secrets rolled: {:?}",
+            run.iter()
+                .filter(|(c, _)| *c != 200)
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+    }
     assert!(out.contains("restarting its machines"), "{out}");
     let v2 = machines_at(&s, "rolled", 2);
     assert_eq!(v2.len(), 2, "{out}");
