@@ -47,9 +47,11 @@ pub struct ProxyOptions {
     pub max_header_bytes: usize,
     /// How long an HTTP/1.1 keep-alive connection may sit idle before its HTTP state
     /// (hyper's buffers, about 17 KiB) is freed; the socket stays open and the state is made
-    /// again when the next request arrives. Zero (the default) frees it as soon as the client
-    /// has nothing more to read: measured, that costs no throughput, while a delay lets
-    /// every connection of a burst hold its buffers at once (and the allocator keeps that peak).
+    /// again when the next request arrives. Zero frees it as soon as the client has nothing
+    /// more to send. The default, 10 ms, keeps busy connections (a request every few
+    /// milliseconds) from rebuilding hyper's state per request, and is short enough that a
+    /// burst of connections does not hold all their buffers at once (the allocator would
+    /// keep that peak).
     pub idle_release_after: Duration,
     /// Requests of one app that may wait for a machine below its hard limit; more get a 503.
     pub max_queue_per_app: usize,
@@ -68,7 +70,7 @@ impl Default for ProxyOptions {
             body_read_timeout: Some(Duration::from_secs(60)),
             upstream_timeout: Duration::from_secs(60),
             max_header_bytes: 64 * 1024,
-            idle_release_after: Duration::ZERO,
+            idle_release_after: Duration::from_millis(10),
             max_queue_per_app: 1024,
             access_log: false,
             region: "local".to_owned(),
