@@ -17,19 +17,8 @@ use crate::deploy::{AppStatus, DeployRequest};
 use crate::error::{ApiError, ApiResult};
 use crate::supervisor::Control;
 
-async fn app_for(
-    control: &Control,
-    caller: &Caller,
-    app: &str,
-    access: Access,
-) -> ApiResult<AppRecord> {
-    let rec = control.store.get_app(app).await?;
-    caller.check_app(&rec, access)?;
-    Ok(rec)
-}
-
 fn who(caller: &Caller) -> String {
-    format!("token {}", caller.token_id)
+    caller.describe()
 }
 
 pub(super) async fn create(
@@ -38,7 +27,7 @@ pub(super) async fn create(
     Path(app): Path<String>,
     JsonBody(req): JsonBody<DeployRequest>,
 ) -> ApiResult<(StatusCode, Json<DeployRecord>)> {
-    let app = app_for(&control, &caller, &app, Access::Write).await?;
+    let app = control.authorize_app(&caller, &app, Access::Write).await?;
     let d = control
         .start_deploy(&app, req, "deploy", &who(&caller))
         .await?;
@@ -56,7 +45,7 @@ pub(super) async fn list(
     Path(app): Path<String>,
     Q(q): Q<ListQuery>,
 ) -> ApiResult<Json<Vec<DeployRecord>>> {
-    let app = app_for(&control, &caller, &app, Access::Read).await?;
+    let app = control.authorize_app(&caller, &app, Access::Read).await?;
     Ok(Json(
         control
             .store
@@ -81,7 +70,7 @@ pub(super) async fn get(
     caller: Caller,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<DeployRecord>> {
-    let app = app_for(&control, &caller, &app, Access::Read).await?;
+    let app = control.authorize_app(&caller, &app, Access::Read).await?;
     Ok(Json(deploy_of(&control, &app, &id).await?))
 }
 
@@ -106,7 +95,7 @@ pub(super) async fn events(
     Path((app, id)): Path<(String, String)>,
     Q(q): Q<EventsQuery>,
 ) -> ApiResult<Response> {
-    let app = app_for(&control, &caller, &app, Access::Read).await?;
+    let app = control.authorize_app(&caller, &app, Access::Read).await?;
     let d = deploy_of(&control, &app, &id).await?;
     let headers = [(header::CONTENT_TYPE, "application/x-ndjson")];
     if !q.follow {
@@ -170,7 +159,7 @@ pub(super) async fn releases(
     Path(app): Path<String>,
     Q(q): Q<ListQuery>,
 ) -> ApiResult<Json<Vec<ReleaseRecord>>> {
-    let app = app_for(&control, &caller, &app, Access::Read).await?;
+    let app = control.authorize_app(&caller, &app, Access::Read).await?;
     Ok(Json(
         control
             .store
@@ -192,7 +181,7 @@ pub(super) async fn rollback(
     Path(app): Path<String>,
     JsonBody(req): JsonBody<RollbackRequest>,
 ) -> ApiResult<(StatusCode, Json<DeployRecord>)> {
-    let app = app_for(&control, &caller, &app, Access::Write).await?;
+    let app = control.authorize_app(&caller, &app, Access::Write).await?;
     let d = control.rollback(&app, req.version, &who(&caller)).await?;
     Ok((StatusCode::ACCEPTED, Json(d)))
 }
@@ -219,7 +208,7 @@ pub(super) async fn scale(
     Path(app): Path<String>,
     JsonBody(req): JsonBody<ScaleRequest>,
 ) -> ApiResult<(StatusCode, Json<DeployRecord>)> {
-    let app = app_for(&control, &caller, &app, Access::Write).await?;
+    let app = control.authorize_app(&caller, &app, Access::Write).await?;
     let d = match (req.count, req.size.as_deref(), req.memory_mb) {
         (Some(n), None, None) => {
             if n > MAX_COUNT {
@@ -257,6 +246,6 @@ pub(super) async fn status(
     caller: Caller,
     Path(app): Path<String>,
 ) -> ApiResult<Json<AppStatus>> {
-    let app = app_for(&control, &caller, &app, Access::Read).await?;
+    let app = control.authorize_app(&caller, &app, Access::Read).await?;
     Ok(Json(control.app_status(&app).await?))
 }

@@ -67,17 +67,6 @@ fn value_of(name: &str, v: Value) -> ApiResult<Option<SecretValue>> {
     }
 }
 
-async fn app_for(
-    control: &Control,
-    caller: &Caller,
-    app: &str,
-    access: Access,
-) -> ApiResult<hangar_store::AppRecord> {
-    let rec = control.store.get_app(app).await?;
-    caller.check_app(&rec, access)?;
-    Ok(rec)
-}
-
 /// After a change: a rolling restart of the app's machines through a new release, unless
 /// staged. Returns the deploy's id when one was started.
 async fn apply(control: &Arc<Control>, app: &str, stage: bool) -> ApiResult<Option<String>> {
@@ -104,7 +93,7 @@ pub(super) async fn list(
     Q(q): Q<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let _ = q.min_version;
-    app_for(&control, &caller, &app, Access::Read).await?;
+    control.authorize_app(&caller, &app, Access::Read).await?;
     if q.show_secrets {
         return Err(ApiError::Forbidden(
             "secrets are write-only: their values are never shown, only their digests".into(),
@@ -124,7 +113,7 @@ pub(super) async fn update(
     Path(app): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    app_for(&control, &caller, &app, Access::Write).await?;
+    control.authorize_app(&caller, &app, Access::Write).await?;
     let mut body = object(&body)?;
     let stage = stage_field(&body)?;
     let Some(Value::Object(values)) = body.remove("values") else {
@@ -165,7 +154,7 @@ pub(super) async fn get(
     caller: Caller,
     Path((app, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    app_for(&control, &caller, &app, Access::Read).await?;
+    control.authorize_app(&caller, &app, Access::Read).await?;
     let (secrets, version) = control.list_secrets(&app).await?;
     let found = secrets.iter().find(|s| s.name == name).ok_or_else(|| {
         ApiError::NotFound(format!(
@@ -184,7 +173,7 @@ pub(super) async fn set_one(
     Path((app, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    app_for(&control, &caller, &app, Access::Write).await?;
+    control.authorize_app(&caller, &app, Access::Write).await?;
     validate_secret_name(&name)?;
     let mut body = object(&body)?;
     let stage = stage_field(&body)?;
@@ -217,7 +206,7 @@ pub(super) async fn unset_one(
     Path((app, name)): Path<(String, String)>,
     Q(q): Q<StageQuery>,
 ) -> ApiResult<Json<Value>> {
-    app_for(&control, &caller, &app, Access::Write).await?;
+    control.authorize_app(&caller, &app, Access::Write).await?;
     validate_secret_name(&name)?;
     let version = control
         .change_secrets(&app, BTreeMap::from([(name, None)]))
