@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::RwLock;
 use std::time::Duration;
 
 use hangar_core::machine::{MachineService, MachineState};
@@ -21,21 +20,6 @@ use crate::supervisor::Control;
 
 /// How long a request waits for a machine below its hard limit before a 503.
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The base domain of the last snapshot built. The API checks custom hostnames against it
-/// (names under `<app>.<domain>` belong to that app); `Control` has no domain of its own yet,
-/// and the server builds every snapshot with its one `--domain`.
-static BASE_DOMAIN: RwLock<String> = RwLock::new(String::new());
-
-/// The base domain apps are served under (`localhost` until the first snapshot is built).
-pub fn base_domain() -> String {
-    let domain = BASE_DOMAIN.read().unwrap_or_else(|e| e.into_inner());
-    if domain.is_empty() {
-        "localhost".to_owned()
-    } else {
-        domain.clone()
-    }
-}
 
 /// The service of a machine config that the edge proxy routes to: the first one with an
 /// `http` handler, preferring one published on port 80.
@@ -96,7 +80,6 @@ impl Control {
         base_domain: &str,
     ) -> Result<RoutingSnapshot, hangar_store::StoreError> {
         let mut snapshot = RoutingSnapshot::new(version, base_domain, self.opts.region.clone());
-        base_domain.clone_into(&mut BASE_DOMAIN.write().unwrap_or_else(|e| e.into_inner()));
         let mut custom: HashMap<String, Vec<String>> = HashMap::new();
         for h in self.store.list_all_hostnames().await? {
             custom.entry(h.app).or_default().push(h.hostname);

@@ -128,7 +128,7 @@ async fn check_namespace(
     app: &AppRecord,
     host: &str,
 ) -> ApiResult<()> {
-    let domain = crate::routing::base_domain();
+    let domain = control.opts.domain.clone();
     let owner = match namespace(host, &domain) {
         Namespace::Outside => return Ok(()),
         Namespace::Base => {
