@@ -264,12 +264,21 @@ async fn the_environment_never_reaches_the_data_dir_and_the_bundle_is_removed() 
     let canary = format!("canary-{}", MachineId::generate());
     spec.env.insert("SECRET".into(), canary.clone());
     let running = h.rt.start(&spec).unwrap();
-    let environ = fs::read(format!("/proc/{}/environ", running.init_pid)).unwrap();
+    // `runc start` returns once it has told runc's init to exec the process; until the
+    // exec, /proc shows runc init's own environment. Poll with a deadline.
     let needle = format!("SECRET={canary}");
-    assert!(
-        environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()),
-        "the machine lacks its environment"
-    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let environ = fs::read(format!("/proc/{}/environ", running.init_pid)).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the machine lacks its environment"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let opts = h.rt.options();
     assert!(!opts.runc_root.starts_with(opts.root.parent().unwrap()));
     assert!(!h.rt.bundle_dir(&spec.id).exists(), "the bundle was kept");

@@ -147,14 +147,21 @@ fn init_pid(s: &Server, id: &str) -> i32 {
         .unwrap()
 }
 
-/// The machine's environment, from its init process.
+/// The machine's environment, from its init process. Until runc's init has exec'd the
+/// machine's command, /proc shows runc init's own environment: wait for the platform
+/// variables every machine has.
 fn machine_env(s: &Server, id: &str) -> Vec<String> {
     let pid = init_pid(s, id);
-    let bytes = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    bytes
-        .split(|b| *b == 0)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect()
+    eventually(Duration::from_secs(10), "the machine's environment", || {
+        let bytes = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let env: Vec<String> = bytes
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        env.iter()
+            .any(|kv| kv.starts_with("FLY_MACHINE_ID="))
+            .then_some(env)
+    })
 }
 
 fn env_value(s: &Server, id: &str, name: &str) -> Option<String> {
