@@ -88,10 +88,13 @@ pub struct Control {
 
 /// Waits for a machine to have no request in flight (the edge proxy implements it).
 pub trait Drainer: Send + Sync {
-    /// Resolves `true` once idle, `false` at the timeout.
+    /// Resolves `true` once the proxy routes by a snapshot at least as new as
+    /// `routing_version` (the one that took the machine out of routing) and the machine is
+    /// idle; `false` at the timeout.
     fn wait_idle(
         &self,
         machine_id: &str,
+        routing_version: u64,
         timeout: Duration,
     ) -> futures_util::future::BoxFuture<'static, bool>;
 }
@@ -375,9 +378,12 @@ impl Control {
     async fn drain(&self, id: &MachineId, timeout: Duration) {
         lock(&self.draining).insert(id.clone());
         self.routing_changed();
+        // Idle only counts once the proxy no longer routes to the machine: a request that an
+        // older snapshot sends it after the check would otherwise meet the stop signal.
+        let version = *self.routing.borrow();
         let drainer = lock(&self.drainer).clone();
         if let Some(d) = drainer {
-            let idle = d.wait_idle(id.as_str(), timeout).await;
+            let idle = d.wait_idle(id.as_str(), version, timeout).await;
             if !idle {
                 tracing::warn!(machine_id = %id, ?timeout, "requests still in flight after the drain timeout");
             }

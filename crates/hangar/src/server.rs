@@ -358,11 +358,23 @@ impl hangar_control::Drainer for ProxyDrainer {
     fn wait_idle(
         &self,
         machine_id: &str,
+        routing_version: u64,
         timeout: std::time::Duration,
     ) -> futures_util::future::BoxFuture<'static, bool> {
         let proxy = self.0.clone();
         let id = machine_id.to_owned();
-        Box::pin(async move { proxy.wait_idle(&id, timeout).await })
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            // The routing publisher swaps the snapshot within milliseconds of a change.
+            while proxy.snapshot_version() < routing_version {
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            proxy.wait_idle(&id, left).await
+        })
     }
 }
 
