@@ -90,6 +90,9 @@ pub struct Proxy {
     snapshot: ArcSwap<CompiledSnapshot>,
     stats: StatsRegistry,
     metrics: Metrics,
+    /// Keep-alive connections whose HTTP state was freed while idle (see
+    /// [`ProxyOptions::idle_release_after`]).
+    idle_releases: std::sync::atomic::AtomicU64,
 }
 
 impl Proxy {
@@ -106,8 +109,15 @@ impl Proxy {
             }),
             stats: StatsRegistry::default(),
             metrics: Metrics::new(registry),
+            idle_releases: std::sync::atomic::AtomicU64::new(0),
             opts,
         })
+    }
+
+    /// How many times a keep-alive connection's HTTP state was freed while it sat idle.
+    pub fn idle_releases(&self) -> u64 {
+        self.idle_releases
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Replaces the routing table. Requests already in flight keep the machine they were sent
@@ -376,6 +386,8 @@ impl Proxy {
                 }
                 return;
             }
+            self.idle_releases
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // Released while idle: what hyper read but did not use is replayed next time.
             // Copied: an empty or short `read_buf` can still own hyper's whole 8 KiB buffer.
             stream = io.stream;

@@ -386,16 +386,24 @@ async fn keep_alive_across_release(release_after: Duration) {
     }
     // A head split by a pause (the connection is released while half of it is buffered),
     // then a body sent after the head.
+    let releases = proxy.proxy.idle_releases();
     stream
         .write_all(b"POST /upload HTTP/1.1\r\nHost: app.loc")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        eventually(EVENTUALLY, || proxy.proxy.idle_releases() > releases).await,
+        "the connection was not released with half a head buffered"
+    );
     stream
         .write_all(b"alhost\r\nContent-Length: 5\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The head alone reaches the machine before the body is sent.
+    assert!(
+        eventually(EVENTUALLY, || a.requests() == 6).await,
+        "the head did not reach the machine"
+    );
     stream.write_all(b"hello").await.unwrap();
     let answer = read_response(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
