@@ -192,6 +192,12 @@ fn batch_size(max_unavailable: f64, target: u32) -> u32 {
     n.max(1)
 }
 
+/// A JSON value the store kept (a release's config or resolved configs), read back.
+fn stored<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> ApiResult<T> {
+    serde_json::from_value(value.clone())
+        .map_err(|e| ApiError::Internal(format!("a stored release does not parse: {e}")))
+}
+
 /// Why a step of a deploy failed, for people.
 type Reason = String;
 
@@ -280,8 +286,7 @@ impl Control {
         let current = self.store.current_release(&app.name).await?;
         let config = match (req.config, &current) {
             (Some(c), _) => c,
-            (None, Some(rel)) => serde_json::from_value(rel.config.clone())
-                .map_err(|e| ApiError::Internal(format!("stored config does not parse: {e}")))?,
+            (None, Some(rel)) => stored(&rel.config)?,
             (None, None) => AppConfig {
                 app: Some(app.name.clone()),
                 ..AppConfig::default()
@@ -385,8 +390,7 @@ impl Control {
                     })?
             }
         };
-        let config: AppConfig = serde_json::from_value(target.config.clone())
-            .map_err(|e| ApiError::Internal(format!("stored config does not parse: {e}")))?;
+        let config: AppConfig = stored(&target.config)?;
         let req = DeployRequest {
             image: pinned(&target.image, &target.image_digest),
             config: Some(config),
@@ -394,6 +398,16 @@ impl Control {
             count: None,
         };
         self.start_deploy(app, req, "rollback", created_by).await
+    }
+
+    /// The release an app runs; 409 before its first deploy.
+    async fn current_release_or_conflict(&self, app: &AppRecord) -> ApiResult<ReleaseRecord> {
+        self.store.current_release(&app.name).await?.ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "app {} has no release yet: deploy it first with `hangar deploy`",
+                app.name
+            ))
+        })
     }
 
     /// Sets the number of machines of process groups at the current release. `group`
@@ -405,18 +419,8 @@ impl Control {
         count: u32,
         created_by: &str,
     ) -> ApiResult<DeployRecord> {
-        let current = self
-            .store
-            .current_release(&app.name)
-            .await?
-            .ok_or_else(|| {
-                ApiError::Conflict(format!(
-                    "app {} has no release yet: deploy it first with `hangar deploy`",
-                    app.name
-                ))
-            })?;
-        let resolved: ResolvedApp = serde_json::from_value(current.resolved.clone())
-            .map_err(|e| ApiError::Internal(format!("stored release does not parse: {e}")))?;
+        let current = self.current_release_or_conflict(app).await?;
+        let resolved: ResolvedApp = stored(&current.resolved)?;
         if let Some(g) = group
             && !resolved.groups.contains_key(g)
         {
@@ -473,16 +477,7 @@ impl Control {
         memory_mb: Option<u64>,
         created_by: &str,
     ) -> ApiResult<DeployRecord> {
-        let current = self
-            .store
-            .current_release(&app.name)
-            .await?
-            .ok_or_else(|| {
-                ApiError::Conflict(format!(
-                    "app {} has no release yet: deploy it first with `hangar deploy`",
-                    app.name
-                ))
-            })?;
+        let current = self.current_release_or_conflict(app).await?;
         if let Some(s) = size
             && hangar_core::config::preset(s).is_none()
         {
@@ -491,8 +486,7 @@ impl Control {
                 hangar_core::config::PRESET_NAMES.join(", ")
             )));
         }
-        let mut config: AppConfig = serde_json::from_value(current.config.clone())
-            .map_err(|e| ApiError::Internal(format!("stored config does not parse: {e}")))?;
+        let mut config: AppConfig = stored(&current.config)?;
         if config.vm.is_empty() {
             config.vm.push(hangar_core::config::Compute::default());
         }
@@ -527,8 +521,7 @@ impl Control {
         let Some(current) = self.store.current_release(&app.name).await? else {
             return Ok(None);
         };
-        let config: AppConfig = serde_json::from_value(current.config.clone())
-            .map_err(|e| ApiError::Internal(format!("stored config does not parse: {e}")))?;
+        let config: AppConfig = stored(&current.config)?;
         let req = DeployRequest {
             image: pinned(&current.image, &current.image_digest),
             config: Some(config),
