@@ -29,14 +29,10 @@ fn main() -> anyhow::Result<()> {
     };
     runtime.block_on(async move {
         let mut registry = prometheus_client::registry::Registry::default();
-        let mut opts = ProxyOptions {
+        let opts = ProxyOptions {
             listen: listen.parse()?,
             ..ProxyOptions::default()
         };
-        // For experiments: `EDGE_IDLE_RELEASE_MS=500` keeps idle connections' HTTP state 500 ms.
-        if let Ok(ms) = std::env::var("EDGE_IDLE_RELEASE_MS") {
-            opts.idle_release_after = Duration::from_millis(ms.parse()?);
-        }
         let proxy = Proxy::new(opts, &mut registry);
         let mut snapshot = RoutingSnapshot::new(1, "localhost", "bench");
         let backends = upstreams

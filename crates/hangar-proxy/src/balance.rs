@@ -10,8 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::header::HeaderValue;
-
 use crate::error::Unavailable;
 use crate::metrics::AppMetrics;
 use crate::snapshot::{BackendStatus, ConcurrencyKind};
@@ -21,7 +19,7 @@ use crate::stats::{AppQueue, InFlightGuard, MachineStats};
 pub(crate) struct CompiledSnapshot {
     pub(crate) version: u64,
     pub(crate) base_domain: String,
-    pub(crate) region: HeaderValue,
+    pub(crate) region: String,
     pub(crate) hosts: HashMap<String, Arc<CompiledApp>>,
 }
 

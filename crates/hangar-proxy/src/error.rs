@@ -178,22 +178,55 @@ impl ProxyError {
         }
     }
 
-    /// The whole HTTP/1.1 response, for errors answered before hyper has a request (the
-    /// connection closes after it).
-    pub(crate) fn to_raw_response(&self, wants_json: bool) -> Vec<u8> {
+    /// `Retry-After` for answers that say "not now".
+    fn retry_after(&self) -> Option<&'static str> {
+        match self {
+            Self::Unavailable {
+                reason: Unavailable::AllAtHardLimit | Unavailable::QueueFull,
+                ..
+            } => Some("1"),
+            Self::Unavailable { .. } => Some("5"),
+            _ => None,
+        }
+    }
+
+    /// The whole HTTP/1.x response, as the client connection writes it: `minor` is the
+    /// client's HTTP version, `head` leaves out the body (a `HEAD` request), and without
+    /// `keep_alive` the response says the connection closes.
+    pub(crate) fn to_raw_response(
+        &self,
+        wants_json: bool,
+        minor: u8,
+        request_id: &[u8],
+        keep_alive: bool,
+        head: bool,
+    ) -> Vec<u8> {
+        use std::io::Write as _;
         let (content_type, body) = self.body(wants_json);
         let status = self.status();
-        let request_id = crate::headers::new_request_id();
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
-             connection: close\r\nx-request-id: {}\r\n\r\n",
+        let mut out = Vec::with_capacity(256 + body.len());
+        let _ = write!(
+            out,
+            "HTTP/1.{} {} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
+            minor.min(1),
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
             body.len(),
-            request_id.to_str().unwrap_or("0"),
-        )
-        .into_bytes();
-        out.extend_from_slice(body.as_bytes());
+        );
+        if let Some(seconds) = self.retry_after() {
+            let _ = write!(out, "retry-after: {seconds}\r\n");
+        }
+        match (keep_alive, minor) {
+            (false, _) => out.extend_from_slice(b"connection: close\r\n"),
+            (true, 0) => out.extend_from_slice(b"connection: keep-alive\r\n"),
+            (true, _) => {}
+        }
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(request_id);
+        out.extend_from_slice(b"\r\n\r\n");
+        if !head {
+            out.extend_from_slice(body.as_bytes());
+        }
         out
     }
 
@@ -205,18 +238,10 @@ impl ProxyError {
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        if let Self::Unavailable { reason, .. } = self
-            && matches!(reason, Unavailable::AllAtHardLimit | Unavailable::QueueFull)
-        {
+        if let Some(seconds) = self.retry_after() {
             response
                 .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        if matches!(self, Self::Unavailable { .. }) && !response.headers().contains_key(RETRY_AFTER)
-        {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                .insert(RETRY_AFTER, HeaderValue::from_static(seconds));
         }
         response
     }

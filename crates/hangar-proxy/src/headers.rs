@@ -1,81 +1,142 @@
-//! Hop-by-hop header removal and the forwarding headers the proxy adds.
+//! Request and response heads as the proxy rewrites them: hop-by-hop fields removed (RFC 9110
+//! §7.6.1), forwarding fields set, and the machine's request written as HTTP/1.1 bytes. Both
+//! the HTTP/1 and the h2c paths feed header fields as `(name, value)` byte pairs, so the rules
+//! live here once.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::IpAddr;
 
-use hyper::HeaderMap;
-use hyper::header::{CONNECTION, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use hyper::header::HeaderValue;
 
-pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub(crate) static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub(crate) static X_FORWARDED_SSL: HeaderName = HeaderName::from_static("x-forwarded-ssl");
-pub(crate) static FLY_CLIENT_IP: HeaderName = HeaderName::from_static("fly-client-ip");
-pub(crate) static FLY_FORWARDED_PORT: HeaderName = HeaderName::from_static("fly-forwarded-port");
-pub(crate) static FLY_REGION: HeaderName = HeaderName::from_static("fly-region");
-pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
-static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
+use crate::wire::{Framing, LengthFields, has_token, trim};
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
-/// For an upgrade (`keep_upgrade`), `Connection: upgrade` and `Upgrade` are kept so the machine
-/// sees the handshake.
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(connection) = headers.get(&CONNECTION) {
-        // Collected first because the map cannot be changed while a value is borrowed; this path
-        // only runs when a client sends `Connection`, which keep-alive HTTP/1.1 clients rarely do.
-        let named: Vec<HeaderName> = connection
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .filter(|name| !(keep_upgrade && name == UPGRADE))
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-        if keep_upgrade {
-            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        } else {
-            headers.remove(CONNECTION);
+/// Fields every hop removes, plus those the proxy writes itself (framing, `Host`, the
+/// forwarding fields and the request id); lower-case.
+const REQUEST_DROPPED: &[&[u8]] = &[
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"content-length",
+    b"host",
+    b"x-request-id",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-ssl",
+    b"x-forwarded-host",
+    b"fly-client-ip",
+    b"fly-forwarded-port",
+    b"fly-region",
+];
+
+const RESPONSE_DROPPED: &[&[u8]] = &[
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"content-length",
+    b"x-request-id",
+];
+
+fn listed(list: &[&[u8]], name: &[u8]) -> bool {
+    list.iter()
+        .any(|d| d.len() == name.len() && d.eq_ignore_ascii_case(name))
+}
+
+/// Up to this many `Connection` fields are honoured per head (clients send one).
+const MAX_CONNECTION_FIELDS: usize = 4;
+
+/// The `Connection` fields of a head: their options and the fields they name.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ConnectionOptions<'a> {
+    values: [&'a [u8]; MAX_CONNECTION_FIELDS],
+    count: usize,
+}
+
+impl<'a> ConnectionOptions<'a> {
+    fn add(&mut self, value: &'a [u8]) {
+        if self.count < MAX_CONNECTION_FIELDS {
+            self.values[self.count] = value;
+            self.count += 1;
         }
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &PROXY_AUTHENTICATE,
-        &PROXY_AUTHORIZATION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-    ] {
-        headers.remove(name);
-    }
-    if !keep_upgrade {
-        headers.remove(UPGRADE);
+
+    pub(crate) fn has(&self, token: &[u8]) -> bool {
+        self.values[..self.count]
+            .iter()
+            .any(|v| has_token(v, token))
     }
 }
 
-/// Whether the request asks for a protocol upgrade (WebSocket and others).
-pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && headers.get(CONNECTION).is_some_and(|v| {
-            v.to_str()
-                .unwrap_or("")
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
+/// What the proxy needs from a request head, gathered in one pass over its fields.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RequestFacts<'a> {
+    pub(crate) host: Option<&'a [u8]>,
+    pub(crate) request_id: Option<&'a [u8]>,
+    pub(crate) upgrade: Option<&'a [u8]>,
+    pub(crate) connection: ConnectionOptions<'a>,
+    pub(crate) length: LengthFields,
+    pub(crate) forwarded_port: bool,
+    pub(crate) forwarded_for: bool,
+    pub(crate) wants_json: bool,
+}
+
+impl<'a> RequestFacts<'a> {
+    pub(crate) fn scan(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Self {
+        let mut facts = Self::default();
+        for (name, value) in fields {
+            if facts.length.note(name, value) {
+                continue;
+            }
+            match name.len() {
+                4 if name.eq_ignore_ascii_case(b"host") => facts.host = Some(trim(value)),
+                6 if name.eq_ignore_ascii_case(b"accept") => {
+                    facts.wants_json |= value.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"));
+                }
+                7 if name.eq_ignore_ascii_case(b"upgrade") => facts.upgrade = Some(value),
+                10 if name.eq_ignore_ascii_case(b"connection") => facts.connection.add(value),
+                12 if name.eq_ignore_ascii_case(b"x-request-id")
+                    && !value.is_empty()
+                    && HeaderValue::from_bytes(value).is_ok() =>
+                {
+                    facts.request_id = Some(value);
+                }
+                15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => facts.forwarded_for = true,
+                16 if name.eq_ignore_ascii_case(b"x-forwarded-port") => {
+                    facts.forwarded_port = true;
+                }
+                _ => {}
+            }
+        }
+        facts
+    }
+
+    /// Whether the request asks for a protocol upgrade (WebSocket and others).
+    pub(crate) fn is_upgrade(&self) -> bool {
+        self.upgrade.is_some() && self.connection.has(b"upgrade")
+    }
+
+    /// Whether a field is passed on to the machine as it is.
+    fn keeps(&self, name: &[u8]) -> bool {
+        !listed(REQUEST_DROPPED, name) && !self.connection.has(name)
+    }
 }
 
 /// What the proxy knows about the client connection.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientInfo {
     pub(crate) ip: IpAddr,
-    pub(crate) ip_header: HeaderValue,
-    pub(crate) port_header: HeaderValue,
+    pub(crate) ip_text: String,
+    pub(crate) port_text: String,
 }
 
 impl ClientInfo {
@@ -83,57 +144,127 @@ impl ClientInfo {
         let ip = ip.to_canonical();
         Self {
             ip,
-            ip_header: HeaderValue::from_str(&ip.to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            port_header: HeaderValue::from(listen_port),
+            ip_text: ip.to_string(),
+            port_text: listen_port.to_string(),
         }
     }
 }
 
-/// Sets the forwarding headers. `X-Forwarded-For` is appended to (clients and earlier proxies
-/// may have set it); `Fly-*` headers are overwritten because machines may trust them.
-pub(crate) fn set_forwarding(
-    headers: &mut HeaderMap,
-    client: &ClientInfo,
-    host: &HeaderValue,
-    region: &HeaderValue,
-) {
-    // Room for the nine headers below at once, instead of growing the map step by step.
-    headers.reserve(9);
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        Some(existing) => {
-            let mut value = String::with_capacity(existing.len() + 42);
-            value.push_str(existing.to_str().unwrap_or(""));
-            if !value.is_empty() {
-                value.push_str(", ");
-            }
-            let _ = write!(value, "{}", client.ip);
-            HeaderValue::from_str(&value).unwrap_or_else(|_| client.ip_header.clone())
-        }
-        None => client.ip_header.clone(),
+/// The parts of the machine's request that do not come from the client's fields.
+pub(crate) struct Forwarding<'a> {
+    pub(crate) client: &'a ClientInfo,
+    pub(crate) host: &'a [u8],
+    pub(crate) region: &'a [u8],
+    pub(crate) request_id: &'a [u8],
+}
+
+/// Writes the request head the machine receives: HTTP/1.1, hop-by-hop fields removed, the
+/// forwarding fields set (`X-Forwarded-For` appended to, since clients and earlier proxies may
+/// set it; `Fly-*` overwritten because machines may trust them) and the body's framing.
+pub(crate) fn write_request_head<'h, I>(
+    out: &mut Vec<u8>,
+    method: &[u8],
+    target: &[u8],
+    fields: I,
+    facts: &RequestFacts<'_>,
+    forwarding: &Forwarding<'_>,
+    framing: Framing,
+) where
+    I: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+{
+    let put = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
     };
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    headers.insert(X_FORWARDED_SSL.clone(), HeaderValue::from_static("off"));
-    if !headers.contains_key(&X_FORWARDED_PORT) {
-        headers.insert(X_FORWARDED_PORT.clone(), client.port_header.clone());
+    out.extend_from_slice(method);
+    out.push(b' ');
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    put(out, b"host", forwarding.host);
+    for (name, value) in fields.clone() {
+        if facts.keeps(name) {
+            put(out, name, value);
+        }
     }
-    headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-    headers.insert(FLY_CLIENT_IP.clone(), client.ip_header.clone());
-    headers.insert(FLY_FORWARDED_PORT.clone(), client.port_header.clone());
-    headers.insert(FLY_REGION.clone(), region.clone());
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if facts.forwarded_for {
+        for (name, value) in fields {
+            if name.eq_ignore_ascii_case(b"x-forwarded-for") && !trim(value).is_empty() {
+                out.extend_from_slice(trim(value));
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    out.extend_from_slice(forwarding.client.ip_text.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-ssl: off\r\n");
+    let port = forwarding.client.port_text.as_bytes();
+    if !facts.forwarded_port {
+        put(out, b"x-forwarded-port", port);
+    }
+    put(out, b"x-forwarded-host", forwarding.host);
+    put(out, b"fly-client-ip", forwarding.client.ip_text.as_bytes());
+    put(out, b"fly-forwarded-port", port);
+    put(out, b"fly-region", forwarding.region);
+    put(out, b"x-request-id", forwarding.request_id);
+    if facts.is_upgrade()
+        && let Some(upgrade) = facts.upgrade
+    {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+        put(out, b"upgrade", upgrade);
+    }
+    match framing {
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty | Framing::Close => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What the proxy needs from a machine's response head.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ResponseFacts<'a> {
+    pub(crate) connection: ConnectionOptions<'a>,
+    pub(crate) length: LengthFields,
+    pub(crate) content_length: Option<&'a [u8]>,
+    pub(crate) upgrade: Option<&'a [u8]>,
+}
+
+impl<'a> ResponseFacts<'a> {
+    pub(crate) fn scan(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Self {
+        let mut facts = Self::default();
+        for (name, value) in fields {
+            if facts.length.note(name, value) {
+                if name.eq_ignore_ascii_case(b"content-length") {
+                    facts.content_length = Some(trim(value));
+                }
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                facts.connection.add(value);
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                facts.upgrade = Some(value);
+            }
+        }
+        facts
+    }
+
+    /// Whether a field is passed on to the client as it is.
+    pub(crate) fn keeps(&self, name: &[u8]) -> bool {
+        !listed(RESPONSE_DROPPED, name) && !self.connection.has(name)
+    }
 }
 
 /// A new request id: 32 random hex digits.
-pub(crate) fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let id: u128 = rand::random();
-    // Formatted on the stack: one allocation (the header value's) per request.
     let mut text = [0u8; 32];
     for (i, digit) in text.iter_mut().enumerate() {
         *digit = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    text
 }
 
 /// Normalises a Host header value: port and trailing dot stripped, lower-cased (allocating only
@@ -163,10 +294,8 @@ mod tests {
         let b = new_request_id();
         assert_ne!(a, b);
         for id in [a, b] {
-            let text = id.to_str().unwrap();
-            assert_eq!(text.len(), 32, "{text}");
             assert!(
-                text.bytes()
+                id.iter()
                     .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
             );
         }
@@ -183,28 +312,67 @@ mod tests {
         check("example.com", "example.com");
     }
 
-    #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
-        headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert("te", HeaderValue::from_static("trailers"));
-        headers.insert("upgrade", HeaderValue::from_static("h2c"));
-        headers.insert("x-kept", HeaderValue::from_static("1"));
-        remove_hop_by_hop(&mut headers, false);
-        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["x-kept"]);
+    fn head(fields: &[(&str, &str)], framing: Framing) -> String {
+        let pairs: Vec<(&[u8], &[u8])> = fields
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .collect();
+        let facts = RequestFacts::scan(pairs.iter().copied());
+        let client = ClientInfo::new("10.0.0.9".parse().unwrap(), 80);
+        let mut out = Vec::new();
+        write_request_head(
+            &mut out,
+            b"GET",
+            b"/",
+            pairs.iter().copied(),
+            &facts,
+            &Forwarding {
+                client: &client,
+                host: b"app.localhost",
+                region: b"local",
+                request_id: b"id1",
+            },
+            framing,
+        );
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
-    fn upgrade_headers_survive_an_upgrade() {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert("upgrade", HeaderValue::from_static("websocket"));
-        assert!(is_upgrade_request(&headers));
-        remove_hop_by_hop(&mut headers, true);
-        assert_eq!(headers["connection"], "upgrade");
-        assert_eq!(headers["upgrade"], "websocket");
+    fn hop_by_hop_fields_are_removed_and_forwarding_fields_set() {
+        let text = head(
+            &[
+                ("Connection", "keep-alive, x-secret"),
+                ("X-Secret", "1"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("upgrade", "h2c"),
+                ("X-Kept", "1"),
+                ("X-Forwarded-For", "1.2.3.4"),
+                ("Fly-Client-IP", "6.6.6.6"),
+                ("X-Request-Id", "theirs"),
+            ],
+            Framing::Length(3),
+        );
+        assert_eq!(
+            text,
+            "GET / HTTP/1.1\r\nhost: app.localhost\r\nX-Kept: 1\r\n\
+             x-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-ssl: off\r\nx-forwarded-port: 80\r\n\
+             x-forwarded-host: app.localhost\r\nfly-client-ip: 10.0.0.9\r\n\
+             fly-forwarded-port: 80\r\nfly-region: local\r\nx-request-id: id1\r\n\
+             content-length: 3\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn upgrade_fields_survive_an_upgrade() {
+        let text = head(
+            &[("Connection", "Upgrade"), ("Upgrade", "websocket")],
+            Framing::Empty,
+        );
+        assert!(
+            text.contains("connection: upgrade\r\nupgrade: websocket\r\n"),
+            "{text}"
+        );
     }
 }

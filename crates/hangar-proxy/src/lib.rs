@@ -10,21 +10,28 @@
 //!
 //! Module map: [`snapshot`] (the input types), `balance` (compiled table, machine choice),
 //! `stats` (per-machine counters and upstream connection pools that survive snapshots),
-//! `proxy` (accept loop and request path), `body` (streaming bodies), `headers`
-//! (forwarding and hop-by-hop headers), [`error`] (errors answered by the proxy), `metrics`.
+//! `proxy` (accept loop, routing, picking and connecting to a machine), `http1` (the
+//! proxy's own HTTP/1 client connection loop), `http2` (h2c client connections on hyper),
+//! `upstream` (connections to machines, response heads), `wire` (HTTP/1.1 framing and
+//! chunked coding), `headers` (request and response heads as the proxy rewrites them),
+//! `body` (response bodies for HTTP/2 clients), [`error`] (errors answered by the proxy),
+//! `metrics`.
 #![forbid(unsafe_code)]
 
 mod balance;
 mod body;
-mod conn;
 pub mod error;
 mod headers;
+mod http1;
+mod http2;
 mod metrics;
 mod proxy;
 pub mod snapshot;
 mod stats;
+mod upstream;
+mod wire;
 
-pub use body::{BodyReadTimeout, ResponseBody, UpstreamBody};
+pub use body::{ResponseBody, UpstreamResponse};
 pub use error::{ProxyError, Unavailable};
 pub use proxy::{Proxy, ProxyOptions};
 pub use snapshot::{

@@ -1,6 +1,7 @@
-//! The proxy: accept loop, request path, upstream connections and upgrades.
+//! The proxy: the routing table, the accept loop, and what both protocols share on the request
+//! path (routing a head to an app, picking and connecting to a machine, metrics and the access
+//! log). `http1` and `http2` serve the client connections.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,26 +9,20 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{ACCEPT, HOST, HeaderValue};
-use hyper::server::conn::{http1, http2};
-use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::balance::{CompiledApp, CompiledBackend, CompiledSnapshot, NoPick};
-use crate::body::{BodyReadTimeout, ClientBody, ResponseBody, Streamed, UpstreamBody};
-use crate::conn::{self, ClientIo, ConnShared, RequestGuard};
 use crate::error::{ProxyError, Unavailable};
-use crate::headers::{self, ClientInfo, X_REQUEST_ID};
+use crate::headers::{self, ClientInfo, Forwarding, RequestFacts};
 use crate::metrics::Metrics;
-use crate::snapshot::{BackendStatus, ConcurrencyKind, RoutingSnapshot};
+use crate::snapshot::{BackendStatus, RoutingSnapshot};
 use crate::stats::{InFlightGuard, StatsRegistry};
+use crate::upstream::{self, Upstream};
+use crate::wire::Framing;
+use crate::{http1, http2};
 
 /// How the proxy listens and how patient it is.
 #[derive(Debug, Clone)]
@@ -37,22 +32,17 @@ pub struct ProxyOptions {
     pub listen: SocketAddr,
     /// Time allowed to open a TCP connection to a machine before trying another.
     pub connect_timeout: Duration,
-    /// Time allowed for a client to send a request's headers; slower clients are disconnected.
+    /// Time allowed for a client to send a request's headers once it has started them, and
+    /// for a keep-alive connection to sit idle between requests; slower clients are
+    /// disconnected.
     pub header_read_timeout: Duration,
     /// Longest pause allowed between two pieces of a request body; `None` waits forever.
     pub body_read_timeout: Option<Duration>,
-    /// Time allowed for a machine to send response headers before the client gets a 504.
+    /// Time allowed for a machine to send response headers (counted from the end of the
+    /// request body) before the client gets a 504.
     pub upstream_timeout: Duration,
     /// Largest request head accepted (at least 8 KiB); larger ones get a 431.
     pub max_header_bytes: usize,
-    /// How long an HTTP/1.1 keep-alive connection may sit idle before its HTTP state
-    /// (hyper's buffers, about 17 KiB) is freed; the socket stays open and the state is made
-    /// again when the next request arrives. Zero frees it as soon as the client has nothing
-    /// more to send. The default, 10 ms, keeps busy connections (a request every few
-    /// milliseconds) from rebuilding hyper's state per request, and is short enough that a
-    /// burst of connections does not hold all their buffers at once (the allocator would
-    /// keep that peak).
-    pub idle_release_after: Duration,
     /// Requests of one app that may wait for a machine below its hard limit; more get a 503.
     pub max_queue_per_app: usize,
     /// Logs one line per request (target `hangar_proxy::access`) when set.
@@ -70,7 +60,6 @@ impl Default for ProxyOptions {
             body_read_timeout: Some(Duration::from_secs(60)),
             upstream_timeout: Duration::from_secs(60),
             max_header_bytes: 64 * 1024,
-            idle_release_after: Duration::from_millis(10),
             max_queue_per_app: 1024,
             access_log: false,
             region: "local".to_owned(),
@@ -78,55 +67,74 @@ impl Default for ProxyOptions {
     }
 }
 
-/// hyper's connection settings, made once per listener.
-struct Builders {
-    http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
-}
-
 /// The edge proxy. Cheap to share: [`Proxy::new`] returns an `Arc`.
 pub struct Proxy {
-    opts: ProxyOptions,
+    pub(crate) opts: ProxyOptions,
     snapshot: ArcSwap<CompiledSnapshot>,
     stats: StatsRegistry,
     metrics: Metrics,
-    /// Keep-alive connections whose HTTP state was freed while idle (see
-    /// [`ProxyOptions::idle_release_after`]).
-    idle_releases: std::sync::atomic::AtomicU64,
+}
+
+/// A request routed to an app, with the head its machine will receive.
+pub(crate) struct Routed {
+    pub(crate) app: Arc<CompiledApp>,
+    pub(crate) head: Vec<u8>,
+}
+
+/// What the access log says of a request, captured only when the log is on.
+pub(crate) struct AccessEntry {
+    pub(crate) method: String,
+    pub(crate) path: String,
+}
+
+impl AccessEntry {
+    pub(crate) fn capture(proxy: &Proxy, method: &[u8], target: &[u8]) -> Option<AccessEntry> {
+        proxy.opts.access_log.then(|| {
+            let path = target.split(|&b| b == b'?').next().unwrap_or(b"");
+            AccessEntry {
+                method: String::from_utf8_lossy(method).into_owned(),
+                path: String::from_utf8_lossy(path).into_owned(),
+            }
+        })
+    }
+}
+
+/// A request's end, for metrics and the access log.
+pub(crate) struct Answered<'a> {
+    pub(crate) app: Option<&'a CompiledApp>,
+    pub(crate) machine: Option<&'a str>,
+    pub(crate) status: u16,
+    pub(crate) error: Option<&'a ProxyError>,
+    pub(crate) client: &'a ClientInfo,
+    pub(crate) request_id: &'a [u8],
+    pub(crate) started: Instant,
+    pub(crate) access: Option<&'a AccessEntry>,
 }
 
 impl Proxy {
     /// Creates a proxy with an empty routing table; its metrics are registered on `registry`
     /// under the `hangar_proxy_` prefix.
     pub fn new(opts: ProxyOptions, registry: &mut Registry) -> Arc<Proxy> {
-        let region = region_header(&opts.region);
         Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(CompiledSnapshot {
                 version: 0,
                 base_domain: "localhost".to_owned(),
-                region,
+                region: opts.region.clone(),
                 hosts: Default::default(),
             }),
             stats: StatsRegistry::default(),
             metrics: Metrics::new(registry),
-            idle_releases: std::sync::atomic::AtomicU64::new(0),
             opts,
         })
-    }
-
-    /// How many times a keep-alive connection's HTTP state was freed while it sat idle.
-    pub fn idle_releases(&self) -> u64 {
-        self.idle_releases
-            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Replaces the routing table. Requests already in flight keep the machine they were sent
     /// to; new requests see the new table as soon as this returns.
     pub fn publish(&self, snapshot: RoutingSnapshot) {
         let region = if snapshot.region.is_empty() {
-            region_header(&self.opts.region)
+            self.opts.region.clone()
         } else {
-            region_header(&snapshot.region)
+            snapshot.region.clone()
         };
         let mut compiled_apps: Vec<(String, Arc<CompiledApp>)> = Vec::new();
         let mut hosts = std::collections::HashMap::with_capacity(snapshot.apps.len());
@@ -237,17 +245,7 @@ impl Proxy {
         shutdown: CancellationToken,
     ) -> io::Result<()> {
         let listen_port = listener.local_addr()?.port();
-        let mut http1 = http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.opts.header_read_timeout)
-            .max_buf_size(self.opts.max_header_bytes.max(8192))
-            .keep_alive(true);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(self.opts.max_header_bytes).unwrap_or(u32::MAX));
-        let builders = Arc::new(Builders { http1, http2 });
+        let h2 = Arc::new(http2::Server::new(&self.opts));
         let connections = TaskTracker::new();
         loop {
             let (stream, peer) = tokio::select! {
@@ -263,11 +261,11 @@ impl Proxy {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let shared = ConnShared::new(ClientInfo::new(peer.ip(), listen_port));
+            let client = ClientInfo::new(peer.ip(), listen_port);
             connections.spawn(self.clone().serve_client(
                 stream,
-                shared,
-                builders.clone(),
+                client,
+                h2.clone(),
                 shutdown.clone(),
             ));
         }
@@ -277,309 +275,181 @@ impl Proxy {
         Ok(())
     }
 
-    /// Serves one client connection (see `conn` for why idle HTTP/1 connections hold no
-    /// hyper state).
+    /// Serves one client connection: HTTP/2 when it starts with the HTTP/2 preface, HTTP/1
+    /// otherwise.
     async fn serve_client(
         self: Arc<Self>,
         stream: TcpStream,
-        shared: Arc<ConnShared>,
-        builders: Arc<Builders>,
+        client: ClientInfo,
+        h2: Arc<http2::Server>,
         shutdown: CancellationToken,
     ) {
-        let idle_timeout = self.opts.header_read_timeout;
-        let h2 = tokio::select! {
+        let h2_preface = tokio::select! {
             () = shutdown.cancelled() => return,
-            h2 = conn::first_bytes_are_h2(&stream, idle_timeout) => h2,
+            h2 = http2::starts_with_preface(&stream, self.opts.header_read_timeout) => h2,
         };
-        match h2 {
-            None => return,
-            Some(true) => {
-                let proxy = self.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    let shared = shared.clone();
-                    async move {
-                        Ok::<_, Infallible>(Box::pin(proxy.handle(req, &shared.client, None)).await)
-                    }
-                });
-                // Boxed: inline, the HTTP/2 state would enlarge every connection's task.
-                let mut conn = Box::pin(
-                    builders
-                        .http2
-                        .serve_connection(TokioIo::new(stream), service),
-                );
-                let result = tokio::select! {
-                    result = conn.as_mut() => result,
-                    () = shutdown.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
-                if let Err(err) = result {
-                    tracing::debug!(error = %err, "client connection ended with an error");
-                }
-                return;
-            }
-            Some(false) => {}
-        }
-        let mut stream = stream;
-        let mut prefix = Bytes::new();
-        // Bounded by the client: every iteration serves at least one readable event, and
-        // idle waits end after the idle timeout.
-        loop {
-            if prefix.is_empty() {
-                let readable = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    readable = tokio::time::timeout(idle_timeout, stream.readable()) => readable,
-                };
-                if !matches!(readable, Ok(Ok(()))) {
-                    return;
-                }
-            }
-            shared.may_release_after_replay(!prefix.is_empty());
-            let io = ClientIo::new(
-                stream,
-                shared.clone(),
-                std::mem::take(&mut prefix),
-                self.opts.idle_release_after,
-                self.opts.max_header_bytes,
-            );
-            let proxy = self.clone();
-            let service_shared = shared.clone();
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let proxy = proxy.clone();
-                let shared = service_shared.clone();
-                // Counted before hyper polls anything else: from here on, a read that finds
-                // no data must wait, not report the connection idle.
-                let upgrade = headers::is_upgrade_request(req.headers());
-                let guard = shared.start_request(upgrade);
-                async move {
-                    let response = Box::pin(proxy.handle(req, &shared.client, Some(&guard))).await;
-                    Ok::<_, Infallible>(response.map(|inner| ClientBody {
-                        inner,
-                        _guard: Some(guard),
-                    }))
-                }
-            });
-            // Boxed, so an idle connection's task is small.
-            let mut conn = Box::new(
-                builders
-                    .http1
-                    .serve_connection(TokioIo::new(io), service)
-                    .with_upgrades(),
-            );
-            let result = tokio::select! {
-                result = &mut *conn => result,
-                () = shutdown.cancelled() => {
-                    std::pin::Pin::new(&mut *conn).graceful_shutdown();
-                    (&mut *conn).await
-                }
-            };
-            // `None`: the connection was upgraded and the socket belongs to the tunnel.
-            let Some(parts) = (*conn).into_parts() else {
-                return;
-            };
-            let io = parts.io.into_inner();
-            if !io.released || io.closed || shutdown.is_cancelled() {
-                if let Err(err) = result {
-                    tracing::debug!(error = %err, "client connection ended with an error");
-                }
-                return;
-            }
-            self.idle_releases
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Released while idle: what hyper read but did not use is replayed next time.
-            // Copied: an empty or short `read_buf` can still own hyper's whole 8 KiB buffer.
-            stream = io.stream;
-            prefix = Bytes::copy_from_slice(&parts.read_buf);
+        match h2_preface {
+            None => {}
+            Some(true) => h2.serve(self, stream, client, shutdown).await,
+            Some(false) => http1::serve(self, stream, client, shutdown).await,
         }
     }
 
-    async fn handle(
+    /// Finds the app for a request's host and writes the head its machine will receive.
+    /// `authority` is the target's authority (absolute-form or HTTP/2), used without `Host`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn route<'h, I>(
         &self,
-        req: Request<Incoming>,
+        method: &[u8],
+        target: &[u8],
+        authority: Option<&[u8]>,
+        fields: I,
+        facts: &RequestFacts<'_>,
         client: &ClientInfo,
-        guard: Option<&Arc<RequestGuard>>,
-    ) -> Response<ResponseBody> {
-        let started = Instant::now();
-        let wants_json = req
-            .headers()
-            .get(ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("json"));
-        let request_id = match req.headers().get(&X_REQUEST_ID) {
-            Some(id) if !id.is_empty() => id.clone(),
-            _ => headers::new_request_id(),
+        request_id: &[u8],
+        framing: Framing,
+    ) -> Result<Routed, (ProxyError, Option<Arc<CompiledApp>>)>
+    where
+        I: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+    {
+        let snapshot = self.snapshot.load();
+        let host = facts
+            .host
+            .or(authority)
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| {
+                let base_domain = snapshot.base_domain.clone();
+                (ProxyError::MissingHost { base_domain }, None)
+            })?;
+        let host_text = String::from_utf8_lossy(host);
+        let normalised = headers::normalise_host(&host_text);
+        let Some(app) = snapshot.hosts.get(normalised.as_ref()) else {
+            let err = ProxyError::UnknownHost {
+                host: normalised.into_owned(),
+                base_domain: snapshot.base_domain.clone(),
+            };
+            return Err((err, None));
         };
-        let method = self.opts.access_log.then(|| req.method().clone());
-        let path = self.opts.access_log.then(|| req.uri().path().to_owned());
-        let (mut response, app_name, machine) =
-            match self.route(req, &request_id, client, guard).await {
-                Ok((response, app, machine)) => (response, Some(app), Some(machine)),
-                Err((err, app)) => {
-                    let response = err.to_response(wants_json);
-                    if let Some(app) = &app {
-                        app.metrics.count(response.status().as_u16());
-                        if let ProxyError::Unavailable { reason, .. } = &err {
-                            self.metrics.unavailable(&app.metrics, reason.label());
+        let mut head = Vec::with_capacity(640);
+        headers::write_request_head(
+            &mut head,
+            method,
+            target,
+            fields,
+            facts,
+            &Forwarding {
+                client,
+                host,
+                region: snapshot.region.as_bytes(),
+                request_id,
+            },
+            framing,
+        );
+        Ok(Routed {
+            app: app.clone(),
+            head,
+        })
+    }
+
+    /// Picks a machine of the app (waiting in the app's queue when every machine is at its
+    /// hard limit) and connects to it, or reuses a pooled connection when `pooled`. A machine
+    /// that cannot be connected to is passed over for another one.
+    pub(crate) async fn open(
+        &self,
+        app: &CompiledApp,
+        pooled: bool,
+    ) -> Result<(Upstream, InFlightGuard), ProxyError> {
+        let unavailable = |reason| ProxyError::Unavailable {
+            app: app.app.clone(),
+            reason,
+            machines: app.machines,
+        };
+        if app.eligible.is_empty() {
+            return Err(unavailable(app.unavailable));
+        }
+        let (mut index, mut guard) = match app.pick(&[]) {
+            Ok(picked) => picked,
+            Err(_) => self.wait_in_queue(app).await.map_err(unavailable)?,
+        };
+        let mut tried: Vec<usize> = Vec::new();
+        // Bounded: every failed connection adds a machine to `tried`.
+        loop {
+            let backend: &CompiledBackend = &app.eligible[index];
+            if pooled && let Some(stream) = backend.stats.take_pooled() {
+                let upstream = Upstream {
+                    stream,
+                    addr: backend.addr,
+                    reused: true,
+                };
+                return Ok((upstream, guard));
+            }
+            match upstream::connect(backend.addr, self.opts.connect_timeout).await {
+                Ok(stream) => {
+                    backend.stats.record_connect_success();
+                    let upstream = Upstream {
+                        stream,
+                        addr: backend.addr,
+                        reused: false,
+                    };
+                    return Ok((upstream, guard));
+                }
+                Err(err) => {
+                    backend.stats.record_connect_failure();
+                    app.metrics.connect_errors.inc();
+                    tracing::warn!(app = %app.app, machine = %backend.stats.machine_id,
+                        addr = %backend.addr, error = %err, "connecting to a machine failed");
+                    tried.push(index);
+                    drop(guard);
+                    match app.pick(&tried) {
+                        Ok((next, next_guard)) => (index, guard) = (next, next_guard),
+                        Err(_) => {
+                            return Err(ProxyError::ConnectFailed {
+                                app: app.app.clone(),
+                                tried: tried.len(),
+                                last_error: err,
+                            });
                         }
                     }
-                    (response, app, None)
                 }
-            };
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), request_id.clone());
-        if let Some(app) = &app_name {
+            }
+        }
+    }
+
+    /// Opens a fresh connection to the machine of a pooled connection that turned out closed.
+    pub(crate) async fn reopen(&self, upstream: &Upstream) -> Result<Upstream, String> {
+        let stream = upstream::connect(upstream.addr, self.opts.connect_timeout).await?;
+        Ok(Upstream {
+            stream,
+            addr: upstream.addr,
+            reused: false,
+        })
+    }
+
+    /// Counts an answered request in the metrics and writes its access log line.
+    pub(crate) fn answered(&self, answered: &Answered<'_>) {
+        if let Some(app) = answered.app {
+            app.metrics.count(answered.status);
             app.metrics
                 .duration
-                .observe(started.elapsed().as_secs_f64());
+                .observe(answered.started.elapsed().as_secs_f64());
+            if let Some(ProxyError::Unavailable { reason, .. }) = answered.error {
+                self.metrics.unavailable(&app.metrics, reason.label());
+            }
         }
-        if self.opts.access_log {
+        if let Some(access) = answered.access {
             tracing::info!(
                 target: "hangar_proxy::access",
-                client = %client.ip,
-                method = %method.unwrap_or_default(),
-                path = path.as_deref().unwrap_or(""),
-                app = app_name.as_ref().map_or("", |a| a.app.as_str()),
-                machine = machine.as_deref().unwrap_or(""),
-                status = response.status().as_u16(),
-                duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                request_id = request_id.to_str().unwrap_or(""),
+                client = %answered.client.ip,
+                method = %access.method,
+                path = %access.path,
+                app = answered.app.map_or("", |a| a.app.as_str()),
+                machine = answered.machine.unwrap_or(""),
+                status = answered.status,
+                duration_us = u64::try_from(answered.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                request_id = %String::from_utf8_lossy(answered.request_id),
                 "request"
             );
         }
-        response
-    }
-
-    /// Routes one request; on error also returns the app, when known, for metrics.
-    #[allow(clippy::type_complexity)]
-    async fn route(
-        &self,
-        mut req: Request<Incoming>,
-        request_id: &HeaderValue,
-        client: &ClientInfo,
-        guard: Option<&Arc<RequestGuard>>,
-    ) -> Result<
-        (Response<ResponseBody>, Arc<CompiledApp>, String),
-        (ProxyError, Option<Arc<CompiledApp>>),
-    > {
-        let (app, region) = {
-            let snapshot = self.snapshot.load();
-            let host_value = req
-                .headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri().authority().map(|a| a.as_str()))
-                .filter(|h| !h.is_empty());
-            let Some(host_value) = host_value else {
-                return Err((
-                    ProxyError::MissingHost {
-                        base_domain: snapshot.base_domain.clone(),
-                    },
-                    None,
-                ));
-            };
-            let host = headers::normalise_host(host_value);
-            match snapshot.hosts.get(host.as_ref()) {
-                Some(app) => (app.clone(), snapshot.region.clone()),
-                None => {
-                    return Err((
-                        ProxyError::UnknownHost {
-                            host: host.into_owned(),
-                            base_domain: snapshot.base_domain.clone(),
-                        },
-                        None,
-                    ));
-                }
-            }
-        };
-        if app.eligible.is_empty() {
-            let err = ProxyError::Unavailable {
-                app: app.app.clone(),
-                reason: app.unavailable,
-                machines: app.machines,
-            };
-            return Err((err, Some(app)));
-        }
-        let first = match app.pick(&[]) {
-            Ok(picked) => picked,
-            Err(_) => match self.wait_in_queue(&app).await {
-                Ok(picked) => picked,
-                Err(reason) => {
-                    let err = ProxyError::Unavailable {
-                        app: app.app.clone(),
-                        reason,
-                        machines: app.machines,
-                    };
-                    return Err((err, Some(app)));
-                }
-            },
-        };
-
-        // The request as the machine sees it: HTTP/1.1, origin-form, forwarding headers set.
-        let upgrade =
-            req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        let host = match parts.headers.get(HOST) {
-            Some(host) => host.clone(),
-            None => parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                .unwrap_or_else(|| HeaderValue::from_static("")),
-        };
-        headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-        headers::set_forwarding(&mut parts.headers, client, &host, &region);
-        parts
-            .headers
-            .insert(X_REQUEST_ID.clone(), request_id.clone());
-        if !parts.headers.contains_key(HOST) {
-            parts.headers.insert(HOST, host);
-        }
-        if parts.uri.authority().is_some() {
-            parts.uri = parts.uri.path_and_query().map_or_else(
-                || Uri::from_static("/"),
-                |pq| Uri::try_from(pq.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
-            );
-        }
-        parts.version = Version::HTTP_11;
-        let upstream_req = Request::from_parts(
-            parts,
-            UpstreamBody::new(body, self.opts.body_read_timeout, guard),
-        );
-
-        let (mut response, guard, sender) =
-            match self.forward(&app, upstream_req, first, upgrade).await {
-                Ok(forwarded) => forwarded,
-                Err(err) => return Err((err, Some(app))),
-            };
-        let machine_id = guard.stats().machine_id.clone();
-        app.metrics.count(response.status().as_u16());
-
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard));
-            let (parts, _) = response.into_parts();
-            return Ok((
-                Response::from_parts(parts, ResponseBody::empty()),
-                app,
-                machine_id,
-            ));
-        }
-        let (mut parts, body) = response.into_parts();
-        headers::remove_hop_by_hop(&mut parts.headers, false);
-        let pool = app.kind == ConcurrencyKind::Requests && !upgrade;
-        let body = ResponseBody::Upstream(Streamed {
-            inner: body,
-            guard: Some(guard),
-            sender: if pool { sender } else { None },
-            done: false,
-        });
-        Ok((Response::from_parts(parts, body), app, machine_id))
     }
 
     /// Waits for a machine below its hard limit, up to the app's queue timeout.
@@ -614,204 +484,4 @@ impl Proxy {
             .observe(started.elapsed().as_secs_f64());
         result
     }
-
-    /// Sends the request to the picked machine, moving on to another machine when a connection
-    /// cannot be made. Never retries once the request may have been sent.
-    async fn forward(
-        &self,
-        app: &CompiledApp,
-        mut req: Request<UpstreamBody>,
-        first: (usize, InFlightGuard),
-        upgrade: bool,
-    ) -> Result<
-        (
-            Response<Incoming>,
-            InFlightGuard,
-            Option<SendRequest<UpstreamBody>>,
-        ),
-        ProxyError,
-    > {
-        let (mut index, mut guard) = first;
-        let mut tried: Vec<usize> = Vec::new();
-        let pool = app.kind == ConcurrencyKind::Requests && !upgrade;
-        // Bounded: every iteration either consumes a pooled connection, opens a fresh one (at most
-        // three unsent attempts per machine) or moves to an untried machine.
-        let mut fresh_unsent = 0;
-        loop {
-            let backend = &app.eligible[index];
-            let pooled = if pool {
-                backend.stats.take_pooled()
-            } else {
-                None
-            };
-            let reused = pooled.is_some();
-            let mut sender = match pooled {
-                Some(sender) => sender,
-                None => match self.connect(backend.addr, upgrade).await {
-                    Ok(sender) => {
-                        backend.stats.record_connect_success();
-                        sender
-                    }
-                    Err(err) => {
-                        backend.stats.record_connect_failure();
-                        app.metrics.connect_errors.inc();
-                        tracing::warn!(app = %app.app, machine = %backend.stats.machine_id,
-                            addr = %backend.addr, error = %err, "connecting to a machine failed");
-                        tried.push(index);
-                        drop(guard);
-                        match app.pick(&tried) {
-                            Ok((next, next_guard)) => {
-                                index = next;
-                                guard = next_guard;
-                                continue;
-                            }
-                            Err(_) => {
-                                return Err(ProxyError::ConnectFailed {
-                                    app: app.app.clone(),
-                                    tried: tried.len(),
-                                    last_error: err,
-                                });
-                            }
-                        }
-                    }
-                },
-            };
-            if let Err(err) = sender.ready().await {
-                // A pooled connection the machine closed while idle: take another one. A fresh
-                // connection that dies at once counts against the unsent-attempt budget.
-                if !reused {
-                    fresh_unsent += 1;
-                    if fresh_unsent > 3 {
-                        return Err(ProxyError::UpstreamFailed {
-                            app: app.app.clone(),
-                            machine_id: backend.stats.machine_id.clone(),
-                            detail: error_chain(&err),
-                        });
-                    }
-                }
-                continue;
-            }
-            let sent =
-                tokio::time::timeout(self.opts.upstream_timeout, sender.try_send_request(req))
-                    .await;
-            match sent {
-                Err(_) => {
-                    return Err(ProxyError::UpstreamTimeout {
-                        app: app.app.clone(),
-                        machine_id: backend.stats.machine_id.clone(),
-                        timeout: self.opts.upstream_timeout,
-                    });
-                }
-                Ok(Ok(response)) => return Ok((response, guard, Some(sender))),
-                Ok(Err(mut err)) => match err.take_message() {
-                    // The connection closed before the request was written: safe to resend.
-                    Some(unsent) if reused || fresh_unsent < 3 => {
-                        if !reused {
-                            fresh_unsent += 1;
-                        }
-                        req = unsent;
-                    }
-                    _ => {
-                        let err = err.into_error();
-                        if let Some(timeout) = find_body_timeout(&err) {
-                            return Err(ProxyError::ClientBodyTimeout(timeout));
-                        }
-                        return Err(ProxyError::UpstreamFailed {
-                            app: app.app.clone(),
-                            machine_id: backend.stats.machine_id.clone(),
-                            detail: error_chain(&err),
-                        });
-                    }
-                },
-            }
-        }
-    }
-
-    /// Opens an HTTP/1.1 connection to a machine.
-    async fn connect(
-        &self,
-        addr: SocketAddr,
-        upgrade: bool,
-    ) -> Result<SendRequest<UpstreamBody>, String> {
-        let stream =
-            match tokio::time::timeout(self.opts.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) => return Err(format!("connecting to {addr}: {err}")),
-                Err(_) => {
-                    return Err(format!(
-                        "connecting to {addr} timed out after {:?}",
-                        self.opts.connect_timeout
-                    ));
-                }
-            };
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|err| format!("starting HTTP/1.1 with {addr}: {err}"))?;
-        if upgrade {
-            tokio::spawn(async move {
-                if let Err(err) = conn.with_upgrades().await {
-                    tracing::debug!(error = %err, "upstream connection ended with an error");
-                }
-            });
-        } else {
-            tokio::spawn(async move {
-                if let Err(err) = conn.await {
-                    tracing::debug!(error = %err, "upstream connection ended with an error");
-                }
-            });
-        }
-        Ok(sender)
-    }
-}
-
-/// Copies bytes both ways between an upgraded client connection and the machine; the machine
-/// counts as busy until both sides close.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    guard: InFlightGuard,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(err) => {
-            tracing::debug!(error = %err, "upgrade failed");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %err, "upgraded connection ended with an error");
-    }
-    drop(guard);
-}
-
-fn region_header(region: &str) -> HeaderValue {
-    HeaderValue::from_str(region).unwrap_or_else(|_| HeaderValue::from_static("local"))
-}
-
-fn find_body_timeout(err: &(dyn std::error::Error + 'static)) -> Option<Duration> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    for _ in 0..16 {
-        let error = current?;
-        if let Some(timeout) = error.downcast_ref::<BodyReadTimeout>() {
-            return Some(timeout.0);
-        }
-        current = error.source();
-    }
-    None
-}
-
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut current = err.source();
-    for _ in 0..8 {
-        let Some(error) = current else { break };
-        text.push_str(": ");
-        text.push_str(&error.to_string());
-        current = error.source();
-    }
-    text
 }

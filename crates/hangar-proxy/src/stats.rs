@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::body::UpstreamBody;
+use crate::upstream::idle_is_usable;
 
 /// After this many connection failures in a row a machine is ejected for [`EJECTION_TIME`].
 pub(crate) const EJECT_AFTER_FAILURES: u32 = 3;
@@ -47,7 +47,7 @@ pub(crate) struct MachineStats {
 
 struct Pool {
     addr: Option<SocketAddr>,
-    idle: Vec<(SendRequest<UpstreamBody>, Instant)>,
+    idle: Vec<(TcpStream, Instant)>,
 }
 
 impl MachineStats {
@@ -140,24 +140,25 @@ impl MachineStats {
     }
 
     /// Takes a live idle connection from the pool, dropping stale and closed ones.
-    pub(crate) fn take_pooled(&self) -> Option<SendRequest<UpstreamBody>> {
+    pub(crate) fn take_pooled(&self) -> Option<TcpStream> {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((sender, since)) = pool.idle.pop() {
-            if !sender.is_closed() && since.elapsed() < POOL_IDLE_TIMEOUT {
-                return Some(sender);
+        // Bounded by the pool's size.
+        while let Some((stream, since)) = pool.idle.pop() {
+            if since.elapsed() < POOL_IDLE_TIMEOUT && idle_is_usable(&stream) {
+                return Some(stream);
             }
         }
         None
     }
 
     /// Returns a connection whose response has been read in full, unless the machine is draining.
-    pub(crate) fn return_pooled(&self, sender: SendRequest<UpstreamBody>) {
-        if self.draining.load(Ordering::Relaxed) || sender.is_closed() {
+    pub(crate) fn return_pooled(&self, stream: TcpStream) {
+        if self.draining.load(Ordering::Relaxed) {
             return;
         }
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         if pool.idle.len() < POOL_MAX_IDLE {
-            pool.idle.push((sender, Instant::now()));
+            pool.idle.push((stream, Instant::now()));
         }
     }
 

@@ -236,9 +236,6 @@ pub fn test_options() -> ProxyOptions {
         body_read_timeout: Some(Duration::from_secs(5)),
         upstream_timeout: Duration::from_secs(10),
         max_header_bytes: 16 * 1024,
-        // Every test runs with idle connections released at once, so each keep-alive request
-        // also goes through the release and re-attach path.
-        idle_release_after: Duration::ZERO,
         max_queue_per_app: 100,
         access_log: false,
         region: "test".to_owned(),
