@@ -72,6 +72,10 @@ impl UpstreamResponse {
             }
         };
         self.pending.clear();
+        if self.tracker.is_done() {
+            // hyper may drop a body it knows has ended without polling it again.
+            self.finish();
+        }
         Ok(data)
     }
 }

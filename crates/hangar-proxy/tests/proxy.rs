@@ -315,37 +315,59 @@ async fn oversized_headers_are_431() {
     assert!(answer.ends_with("no such page"), "{answer}");
 }
 
-/// Reads one HTTP/1.1 response with a `content-length` from a raw keep-alive connection.
-async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let complete = |out: &[u8]| {
-        let text = String::from_utf8_lossy(out);
-        let (head, body) = text.split_once("\r\n\r\n")?;
+/// A raw keep-alive connection that reads responses with a `content-length` one at a time
+/// (bytes of the next response, when pipelined, stay for the next call).
+struct RawConn {
+    stream: tokio::net::TcpStream,
+    pending: Vec<u8>,
+}
+
+impl RawConn {
+    async fn connect(addr: std::net::SocketAddr) -> RawConn {
+        RawConn {
+            stream: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            pending: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    fn complete(&self) -> Option<usize> {
+        let head_end = self.pending.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = String::from_utf8_lossy(&self.pending[..head_end]).to_ascii_lowercase();
         let length: usize = head.lines().find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
+            l.strip_prefix("content-length:")
                 .map(|v| v.trim().parse().unwrap())
         })?;
-        (body.len() >= length).then(|| text.into_owned())
-    };
-    tokio::time::timeout(EVENTUALLY, async {
-        loop {
-            if let Some(text) = complete(&out) {
-                return text;
+        (self.pending.len() >= head_end + length).then_some(head_end + length)
+    }
+
+    async fn response(&mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        tokio::time::timeout(EVENTUALLY, async {
+            loop {
+                if let Some(end) = self.complete() {
+                    let rest = self.pending.split_off(end);
+                    let text = String::from_utf8_lossy(&self.pending).into_owned();
+                    self.pending = rest;
+                    return text;
+                }
+                let n = self.stream.read(&mut buf).await.unwrap();
+                assert!(
+                    n > 0,
+                    "the proxy closed the connection: {}",
+                    String::from_utf8_lossy(&self.pending)
+                );
+                self.pending.extend_from_slice(&buf[..n]);
             }
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(
-                n > 0,
-                "the proxy closed the connection: {}",
-                String::from_utf8_lossy(&out)
-            );
-            out.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await
-    .expect("no complete response in time")
+        })
+        .await
+        .expect("no complete response in time")
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,53 +383,43 @@ async fn keep_alive_pipelining_and_split_heads() {
             vec![a.backend(BackendStatus::Eligible)],
         )],
     ));
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut conn = RawConn::connect(proxy.addr).await;
     let request = b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n";
     for _ in 0..3 {
-        stream.write_all(request).await.unwrap();
-        let answer = read_response(&mut stream).await;
+        conn.send(request).await;
+        let answer = conn.response().await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
     // Three pipelined requests in one write, the second with a body: answered in order.
-    stream
-        .write_all(
-            b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n\
-              POST /upload HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 3\r\n\r\nabc\
-              GET /missing HTTP/1.1\r\nHost: app.localhost\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let first = read_response(&mut stream).await;
+    conn.send(
+        b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n\
+          POST /upload HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 3\r\n\r\nabc\
+          GET /missing HTTP/1.1\r\nHost: app.localhost\r\n\r\n",
+    )
+    .await;
+    let first = conn.response().await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    let second = read_response(&mut stream).await;
+    let second = conn.response().await;
     assert!(second.starts_with("HTTP/1.1 200"), "{second}");
     assert!(second.ends_with("\r\n\r\n3"), "{second}");
-    let third = read_response(&mut stream).await;
+    let third = conn.response().await;
     assert!(third.starts_with("HTTP/1.1 404"), "{third}");
     assert_eq!(a.requests(), 6);
-    // A head split by a pause, then a body sent after the head.
-    stream
-        .write_all(b"POST /upload HTTP/1.1\r\nHost: app.loc")
-        .await
-        .unwrap();
-    stream.flush().await.unwrap();
-    tokio::task::yield_now().await;
-    stream
-        .write_all(b"alhost\r\nContent-Length: 5\r\n\r\n")
-        .await
-        .unwrap();
+    // A head split in two writes, then a body sent after the head.
+    conn.send(b"POST /upload HTTP/1.1\r\nHost: app.loc").await;
+    conn.send(b"alhost\r\nContent-Length: 5\r\n\r\n").await;
     // The head alone reaches the machine before the body is sent.
     assert!(
         eventually(EVENTUALLY, || a.requests() == 7).await,
         "the head did not reach the machine"
     );
-    stream.write_all(b"hello").await.unwrap();
-    let answer = read_response(&mut stream).await;
+    conn.send(b"hello").await;
+    let answer = conn.response().await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("\r\n\r\n5"), "{answer}");
     // And the connection still serves.
-    stream.write_all(request).await.unwrap();
-    let answer = read_response(&mut stream).await;
+    conn.send(request).await;
+    let answer = conn.response().await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(a.requests(), 8);
 }
@@ -1312,6 +1324,10 @@ async fn a_slow_reader_gets_the_whole_response_before_the_connection_is_released
         .write_all(b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
         .await
         .unwrap();
-    let answer = read_response(&mut stream).await;
+    let mut conn = RawConn {
+        stream,
+        pending: Vec::new(),
+    };
+    let answer = conn.response().await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
