@@ -1270,7 +1270,7 @@ async fn curl_reaches_the_app_over_http1_and_h2c() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_reader_gets_the_whole_response_before_the_connection_is_released() {
+async fn a_slow_reader_gets_the_whole_response_and_the_connection_serves_on() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let a = Upstream::start("a").await;
     let proxy = start_proxy(test_options()).await;
@@ -1330,4 +1330,219 @@ async fn a_slow_reader_gets_the_whole_response_before_the_connection_is_released
     };
     let answer = conn.response().await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+fn one_app(a: &Upstream) -> RoutingSnapshot {
+    snapshot(
+        1,
+        vec![route(
+            "app",
+            ConcurrencyKind::Requests,
+            vec![a.backend(BackendStatus::Eligible)],
+        )],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_and_connect_are_400_and_chunked_bodies_pass() {
+    let a = Upstream::start("a").await;
+    let proxy = start_proxy(test_options()).await;
+    proxy.proxy.publish(one_app(&a));
+    let head = "POST /upload HTTP/1.1\r\nHost: app.localhost\r\n";
+    for (case, extra) in [
+        (
+            "both framings",
+            "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        ),
+        (
+            "conflicting lengths",
+            "Content-Length: 5\r\nContent-Length: 6\r\n",
+        ),
+        ("a coding other than chunked", "Transfer-Encoding: gzip\r\n"),
+        ("a negative length", "Content-Length: -1\r\n"),
+    ] {
+        let request = format!("{head}{extra}\r\nhello");
+        let (answer, closed) = raw_exchange(proxy.addr, request.as_bytes(), EVENTUALLY).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{case}: {answer}");
+        assert!(
+            answer.contains("malformed_request") || answer.contains("not valid"),
+            "{case}: {answer}"
+        );
+        assert!(closed, "{case}: the connection must close");
+    }
+    let (answer, _) = raw_exchange(
+        proxy.addr,
+        b"CONNECT app.localhost:443 HTTP/1.1\r\nHost: app.localhost\r\n\r\n",
+        EVENTUALLY,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(a.requests(), 0, "no refused request reached the machine");
+    // A chunked request body reaches the machine whole, followed by another request.
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(
+        format!("{head}Transfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let answer = conn.response().await;
+    assert!(answer.ends_with("\r\n\r\n8"), "{answer}");
+    // A broken chunked body is cut.
+    let (answer, closed) = raw_exchange(
+        proxy.addr,
+        format!("{head}Transfer-Encoding: chunked\r\n\r\nzz\r\n").as_bytes(),
+        EVENTUALLY,
+    )
+    .await;
+    assert!(closed);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_is_passed_on_and_early_answers_end_the_upload() {
+    use tokio::io::AsyncReadExt;
+    let a = Upstream::start("a").await;
+    let proxy = start_proxy(test_options()).await;
+    proxy.proxy.publish(one_app(&a));
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(
+        b"POST /upload HTTP/1.1\r\nHost: app.localhost\r\nExpect: 100-continue\r\n\
+          Content-Length: 5\r\n\r\n",
+    )
+    .await;
+    // The machine's 100 Continue reaches the client before it sends the body.
+    let mut interim = Vec::new();
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(EVENTUALLY, async {
+        while !interim.ends_with(b"\r\n\r\n") {
+            conn.stream.read_exact(&mut byte).await.unwrap();
+            interim.push(byte[0]);
+        }
+    })
+    .await
+    .expect("no interim response");
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
+    conn.send(b"hello").await;
+    let answer = conn.response().await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n5"), "{answer}");
+
+    // A machine that answers before reading a large body: the answer arrives while the
+    // client is still sending, and the connection closes after it.
+    let (answer, closed) = raw_exchange(
+        proxy.addr,
+        b"POST /early HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 100000000\r\n\r\nsome",
+        EVENTUALLY,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.ends_with("too large"), "{answer}");
+    assert!(closed);
+    assert!(eventually(EVENTUALLY, || proxy.proxy.in_flight("a") == 0).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_clients_get_1_0_answers_and_plain_bodies() {
+    let a = Upstream::start("a").await;
+    let proxy = start_proxy(test_options()).await;
+    proxy.proxy.publish(one_app(&a));
+    // Without keep-alive, the connection closes after the answer.
+    let (answer, closed) = raw_exchange(
+        proxy.addr,
+        b"GET / HTTP/1.0\r\nHost: app.localhost\r\n\r\n",
+        EVENTUALLY,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\na"), "{answer}");
+    assert!(closed);
+    // With keep-alive, it stays open.
+    let mut conn = RawConn::connect(proxy.addr).await;
+    for _ in 0..2 {
+        conn.send(b"GET / HTTP/1.0\r\nHost: app.localhost\r\nConnection: keep-alive\r\n\r\n")
+            .await;
+        let answer = conn.response().await;
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+        assert!(answer.contains("connection: keep-alive"), "{answer}");
+    }
+    // A streamed (chunked) response reaches an HTTP/1.0 client as plain data, then the close.
+    let (answer, closed) = raw_exchange(
+        proxy.addr,
+        b"GET /download?bytes=200000 HTTP/1.0\r\nHost: app.localhost\r\n\r\n",
+        EVENTUALLY,
+    )
+    .await;
+    assert!(closed);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    assert_eq!(body.len(), 200_000);
+    assert!(body.bytes().all(|b| b == b'x'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_the_machine_closed_are_not_used() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A machine that answers one request per connection, then closes it without saying so.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let served_c = served.clone();
+    let machine = tokio::spawn(async move {
+        // Bounded by the test: the task is aborted at the end.
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            served_c.fetch_add(1, Ordering::SeqCst);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+    });
+    let proxy = start_proxy(test_options()).await;
+    proxy.proxy.publish(snapshot(
+        1,
+        vec![route(
+            "app",
+            ConcurrencyKind::Requests,
+            vec![hangar_proxy::Backend {
+                machine_id: "oneshot".to_owned(),
+                addr,
+                status: BackendStatus::Eligible,
+            }],
+        )],
+    ));
+    let client = client();
+    for i in 0..5 {
+        let answer = get(&client, proxy.addr, "app.localhost", "/").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "request {i}: {}",
+            answer.body
+        );
+        assert_eq!(answer.body, "ok");
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 5);
+    machine.abort();
 }

@@ -198,6 +198,11 @@ async fn serve(name: String, mut req: Request<Incoming>) -> Result<Response<Body
                 .body(full(""))
                 .unwrap()
         }
+        // Answers before reading the body, as a server refusing a large upload does.
+        "/early" => Response::builder()
+            .status(StatusCode::PAYLOAD_TOO_LARGE)
+            .body(full("too large"))
+            .unwrap(),
         "/missing" => Response::builder()
             .status(StatusCode::NOT_FOUND)
             .body(full("no such page"))
