@@ -3,12 +3,11 @@
 //! the HTTP/1 and the h2c paths feed header fields as `(name, value)` byte pairs, so the rules
 //! live here once.
 
-use std::io::Write as _;
 use std::net::IpAddr;
 
 use hyper::header::HeaderValue;
 
-use crate::wire::{Framing, LengthFields, has_token, trim};
+use crate::wire::{Framing, LengthFields, has_token, push_decimal, trim};
 
 /// Fields every hop removes, plus those the proxy writes itself (framing, `Host`, the
 /// forwarding fields and the request id); lower-case.
@@ -216,7 +215,9 @@ pub(crate) fn write_request_head<'h, I>(
     }
     match framing {
         Framing::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Empty | Framing::Close => {}

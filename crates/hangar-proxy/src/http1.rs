@@ -15,24 +15,25 @@
 //! the request line does not fit), JSON when the head asked for JSON in `Accept`, and the
 //! connection closes after it.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::time::{Instant as TokioInstant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use crate::buffers::{self, Buf};
 use crate::error::ProxyError;
 use crate::headers::{ClientInfo, RequestFacts, new_request_id};
 use crate::proxy::{AccessEntry, Answered, Proxy, Routed};
 use crate::snapshot::ConcurrencyKind;
 use crate::stats::InFlightGuard;
 use crate::upstream::{HeadError, ResponseHead, Upstream, read_response_head, write_two};
-use crate::wire::{BodyTracker, Framing, MAX_HEADERS};
+use crate::wire::{BodyTracker, Framing, MAX_HEADERS, push_decimal};
 
-/// Room read at a time for a head.
-const HEAD_READ: usize = 8 * 1024;
 /// Room read at a time while a body streams.
 const BODY_READ: usize = 64 * 1024;
 /// How long a connection closed after an error keeps reading (and discarding) what the client
@@ -48,25 +49,42 @@ pub(crate) async fn serve(
     client: ClientInfo,
     shutdown: CancellationToken,
 ) {
-    let mut buf: Vec<u8> = Vec::new();
+    let mut buf = Buf::default();
+    let idle_timeout = proxy.opts.header_read_timeout;
+    let mut watchdog = Watchdog::new(idle_timeout);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     // Bounded by the client: every iteration serves one request or ends the connection.
     loop {
         if buf.is_empty() {
-            buf = Vec::new();
+            buf.release();
+            // Readability first: a connection woken by its client's bytes then polls nothing
+            // else (the cancellation check takes a lock).
             let readable = tokio::select! {
-                () = shutdown.cancelled() => return,
-                readable = tokio::time::timeout(proxy.opts.header_read_timeout, stream.readable()) => readable,
+                biased;
+                readable = stream.readable() => readable.is_ok(),
+                () = &mut cancelled => return,
+                () = watchdog.expired() => false,
             };
-            if !matches!(readable, Ok(Ok(()))) {
+            if !readable {
                 return;
             }
+        } else if shutdown.is_cancelled() {
+            return;
         }
         // Boxed: the request's state is allocated while a request runs, not for the
         // connection's whole life.
-        let next = Box::pin(serve_request(&proxy, &mut stream, &mut buf, &client)).await;
+        let next = Box::pin(serve_request(
+            &proxy,
+            &mut stream,
+            &mut buf,
+            &client,
+            &mut watchdog,
+        ))
+        .await;
         match next {
-            Next::KeepAlive if !shutdown.is_cancelled() => {}
-            Next::KeepAlive | Next::Close => {
+            Next::KeepAlive => watchdog.start(TokioInstant::now(), idle_timeout),
+            Next::Close => {
                 let _ = stream.shutdown().await;
                 return;
             }
@@ -243,11 +261,16 @@ fn accepts_json(head: &[u8]) -> bool {
 async fn serve_request(
     proxy: &Proxy,
     stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
+    buf: &mut Buf,
     client: &ClientInfo,
+    watchdog: &mut Watchdog,
 ) -> Next {
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + proxy.opts.header_read_timeout;
+    buf.ensure();
+    watchdog.start(
+        TokioInstant::from_std(started),
+        proxy.opts.header_read_timeout,
+    );
     // Bounded: every iteration reads more of a head that may not exceed the limit.
     let (request, routed) = loop {
         if !buf.is_empty() {
@@ -269,11 +292,15 @@ async fn serve_request(
             }
         }
         if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(HEAD_READ);
+            buf.reserve(buffers::SIZE);
         }
-        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            // Closed, failed, or too slow: a client that sent half a head is disconnected.
+        let read = tokio::select! {
+            read = stream.read_buf(&mut **buf) => read,
+            () = watchdog.expired() => return Next::Gone,
+        };
+        match read {
+            Ok(n) if n > 0 => {}
+            // Closed or failed; a client too slow to send its head is cut above.
             _ => return Next::Gone,
         }
     };
@@ -317,7 +344,7 @@ async fn serve_request(
         started,
         pooled,
     };
-    exchange.run(stream, buf, upstream, guard).await
+    exchange.run(stream, buf, upstream, guard, watchdog).await
 }
 
 /// Writes an error the proxy answers itself; the connection stays open when the request
@@ -403,6 +430,7 @@ impl Exchange<'_> {
         buf: &mut Vec<u8>,
         mut upstream: Upstream,
         guard: InFlightGuard,
+        watchdog: &mut Watchdog,
     ) -> Next {
         let mut body = BodyTracker::new(self.request.framing);
         let Ok(first) = body.feed(buf, &mut |_| {}) else {
@@ -410,9 +438,17 @@ impl Exchange<'_> {
                 .fail(stream, &ProxyError::MalformedRequest, false)
                 .await;
         };
-        let mut ubuf: Vec<u8> = Vec::with_capacity(HEAD_READ);
+        let mut ubuf = Buf::take();
         let mut result = self
-            .send(stream, buf, first, &mut upstream, &mut body, &mut ubuf)
+            .send(
+                stream,
+                buf,
+                first,
+                &mut upstream,
+                &mut body,
+                &mut ubuf,
+                watchdog,
+            )
             .await;
         if let Err(Failure::Upstream { started: false, .. }) = &result
             && upstream.reused
@@ -424,7 +460,15 @@ impl Exchange<'_> {
                     upstream = fresh;
                     ubuf.clear();
                     result = self
-                        .send(stream, buf, 0, &mut upstream, &mut body, &mut ubuf)
+                        .send(
+                            stream,
+                            buf,
+                            0,
+                            &mut upstream,
+                            &mut body,
+                            &mut ubuf,
+                            watchdog,
+                        )
                         .await;
                 }
                 Err(detail) => {
@@ -491,6 +535,7 @@ impl Exchange<'_> {
     /// Writes the head and the body bytes that came with it (`buf[..first]`), then passes the
     /// rest of the body while waiting for the response head, which is left at the start of
     /// `ubuf`; returns its length. Interim (`1xx`) responses are passed to the client.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         stream: &mut TcpStream,
@@ -499,6 +544,7 @@ impl Exchange<'_> {
         upstream: &mut Upstream,
         body: &mut BodyTracker,
         ubuf: &mut Vec<u8>,
+        watchdog: &mut Watchdog,
     ) -> Result<usize, Failure> {
         let written = write_two(&mut upstream.stream, &self.routed.head, &buf[..first]).await;
         buf.drain(..first);
@@ -514,9 +560,10 @@ impl Exchange<'_> {
         let (mut up_read, mut up_write) = upstream.stream.split();
         let read_head = read_final_head(&mut up_read, ubuf, &mut client_write, minor);
         if body.is_done() {
-            return match tokio::time::timeout(upstream_timeout, read_head).await {
-                Ok(result) => result,
-                Err(_) => Err(Failure::UpstreamTimeout),
+            watchdog.start(TokioInstant::now(), upstream_timeout);
+            return tokio::select! {
+                result = read_head => result,
+                () = watchdog.expired() => Err(Failure::UpstreamTimeout),
             };
         }
         let send_body = copy_body(
@@ -631,7 +678,10 @@ impl Exchange<'_> {
             }
             ubuf.clear();
             start = 0;
-            if body.remaining_hint().is_none_or(|n| n > HEAD_READ as u64) {
+            if body
+                .remaining_hint()
+                .is_none_or(|n| n > buffers::SIZE as u64)
+            {
                 ubuf.reserve(BODY_READ);
             }
             match upstream.stream.read_buf(ubuf).await {
@@ -660,7 +710,6 @@ impl Exchange<'_> {
 
     /// The response head the client receives.
     fn client_head(&self, raw: &[u8], request_done: bool) -> Result<ClientHead, String> {
-        use std::io::Write as _;
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let head = ResponseHead::parse(raw, &mut storage).map_err(|err| match err {
             HeadError::Invalid(detail) | HeadError::Closed { detail, .. } => detail,
@@ -679,13 +728,19 @@ impl Exchange<'_> {
             && head.status != 101
             && framing != Framing::Close
             && !decode;
-        let mut out = Vec::with_capacity(raw.len() + 96);
+        let mut out = Buf::take();
         let reason: &[u8] = if head.reason.is_empty() {
             b"OK"
         } else {
             head.reason
         };
-        let _ = write!(out, "HTTP/1.{} {} ", request.minor, head.status);
+        out.extend_from_slice(if request.minor == 0 {
+            b"HTTP/1.0 "
+        } else {
+            b"HTTP/1.1 "
+        });
+        push_decimal(&mut out, u64::from(head.status));
+        out.push(b' ');
         out.extend_from_slice(reason);
         out.extend_from_slice(b"\r\n");
         for (name, value) in head.kept_fields() {
@@ -699,7 +754,9 @@ impl Exchange<'_> {
         out.extend_from_slice(b"\r\n");
         match framing {
             Framing::Length(n) => {
-                let _ = write!(out, "content-length: {n}\r\n");
+                out.extend_from_slice(b"content-length: ");
+                push_decimal(&mut out, n);
+                out.extend_from_slice(b"\r\n");
             }
             Framing::Chunked if !decode => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             Framing::Empty if request.is_head || head.status == 304 => {
@@ -733,12 +790,53 @@ impl Exchange<'_> {
 }
 
 struct ClientHead {
-    bytes: Vec<u8>,
+    bytes: Buf,
     status: u16,
     framing: Framing,
     decode: bool,
     keep_client: bool,
     upstream_keeps_alive: bool,
+}
+
+/// One timer per connection for all of its timeouts but the body's: idle between requests,
+/// reading a head, waiting for the machine's head. A phase starts with a limit; the timer is
+/// registered again only when the phase must end before the registered deadline, and a
+/// wake-up before the phase's end re-arms it. A busy connection thus touches the runtime's
+/// timer about once per limit instead of twice per request (which cost about 6% of the
+/// proxy's user time).
+pub(crate) struct Watchdog {
+    sleep: Pin<Box<Sleep>>,
+    phase_end: TokioInstant,
+}
+
+impl Watchdog {
+    fn new(limit: Duration) -> Self {
+        let phase_end = TokioInstant::now() + limit;
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(phase_end)),
+            phase_end,
+        }
+    }
+
+    /// Starts a phase that must end within `limit` of `now`.
+    fn start(&mut self, now: TokioInstant, limit: Duration) {
+        self.phase_end = now + limit;
+        if self.sleep.deadline() > self.phase_end {
+            self.sleep.as_mut().reset(self.phase_end);
+        }
+    }
+
+    /// Resolves once the phase in progress has run past its end.
+    async fn expired(&mut self) {
+        // Bounded: after an early wake-up the timer is set to the phase's end.
+        loop {
+            self.sleep.as_mut().await;
+            if TokioInstant::now() >= self.phase_end {
+                return;
+            }
+            self.sleep.as_mut().reset(self.phase_end);
+        }
+    }
 }
 
 /// Reads the machine's final response head into `ubuf`, passing interim ones to an HTTP/1.1

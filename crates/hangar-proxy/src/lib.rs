@@ -20,6 +20,7 @@
 
 mod balance;
 mod body;
+mod buffers;
 pub mod error;
 mod headers;
 mod http1;

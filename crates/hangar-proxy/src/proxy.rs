@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::balance::{CompiledApp, CompiledBackend, CompiledSnapshot, NoPick};
+use crate::buffers::Buf;
 use crate::error::{ProxyError, Unavailable};
 use crate::headers::{self, ClientInfo, Forwarding, RequestFacts};
 use crate::metrics::Metrics;
@@ -78,7 +79,7 @@ pub struct Proxy {
 /// A request routed to an app, with the head its machine will receive.
 pub(crate) struct Routed {
     pub(crate) app: Arc<CompiledApp>,
-    pub(crate) head: Vec<u8>,
+    pub(crate) head: Buf,
 }
 
 /// What the access log says of a request, captured only when the log is on.
@@ -330,7 +331,7 @@ impl Proxy {
             };
             return Err((err, None));
         };
-        let mut head = Vec::with_capacity(640);
+        let mut head = Buf::take();
         headers::write_request_head(
             &mut head,
             method,
