@@ -17,6 +17,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -69,7 +70,8 @@ pub(crate) async fn serve(
             if !readable {
                 return;
             }
-        } else if shutdown.is_cancelled() {
+        }
+        if proxy.stopping.load(Ordering::Relaxed) {
             return;
         }
         // Boxed: the request's state is allocated while a request runs, not for the

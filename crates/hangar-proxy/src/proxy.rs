@@ -74,6 +74,8 @@ pub struct Proxy {
     snapshot: ArcSwap<CompiledSnapshot>,
     stats: StatsRegistry,
     metrics: Metrics,
+    /// Set once [`Proxy::serve`] stops accepting: connections then serve no new request.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
 /// A request routed to an app, with the head its machine will receive.
@@ -125,6 +127,7 @@ impl Proxy {
             }),
             stats: StatsRegistry::default(),
             metrics: Metrics::new(registry),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             opts,
         })
     }
@@ -270,6 +273,7 @@ impl Proxy {
                 shutdown.clone(),
             ));
         }
+        self.stopping.store(true, Ordering::SeqCst);
         drop(listener);
         connections.close();
         connections.wait().await;

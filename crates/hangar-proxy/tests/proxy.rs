@@ -295,6 +295,17 @@ async fn oversized_headers_are_431() {
     let body: serde_json::Value =
         serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(body["code"], "headers_too_large", "{answer}");
+    // A request line that does not fit is a 414.
+    let long = "a".repeat(20 * 1024);
+    let request = format!("GET /{long} HTTP/1.1\r\nHost: app.localhost\r\n\r\n");
+    let (answer, closed) = raw_exchange(proxy.addr, request.as_bytes(), EVENTUALLY).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 414"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    assert!(answer.contains("shorten the URL"), "{answer}");
+    assert!(closed);
     // Proxied 4xx answers of the machine are never mistaken for the proxy's own.
     let a = Upstream::start("a").await;
     proxy.proxy.publish(snapshot(
@@ -372,7 +383,6 @@ impl RawConn {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_pipelining_and_split_heads() {
-    use tokio::io::AsyncWriteExt;
     let a = Upstream::start("a").await;
     let proxy = start_proxy(test_options()).await;
     proxy.proxy.publish(snapshot(
