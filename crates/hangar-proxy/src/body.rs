@@ -80,6 +80,15 @@ impl UpstreamResponse {
     }
 }
 
+impl Drop for UpstreamResponse {
+    fn drop(&mut self) {
+        // hyper drops a body that is empty from the start (HEAD, 204, 304) without polling it.
+        if self.tracker.is_done() && self.pending.is_empty() {
+            self.finish();
+        }
+    }
+}
+
 impl Body for UpstreamResponse {
     type Data = Bytes;
     type Error = BoxError;

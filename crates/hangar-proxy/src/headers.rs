@@ -51,14 +51,16 @@ fn listed(list: &[&[u8]], name: &[u8]) -> bool {
         .any(|d| d.len() == name.len() && d.eq_ignore_ascii_case(name))
 }
 
-/// Up to this many `Connection` fields are honoured per head (clients send one).
-const MAX_CONNECTION_FIELDS: usize = 4;
+/// Up to this many `Connection` fields are kept per head (clients send one); a request
+/// with more is refused (see [`ConnectionOptions::overflowed`]).
+const MAX_CONNECTION_FIELDS: usize = 8;
 
 /// The `Connection` fields of a head: their options and the fields they name.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct ConnectionOptions<'a> {
     values: [&'a [u8]; MAX_CONNECTION_FIELDS],
     count: usize,
+    overflowed: bool,
 }
 
 impl<'a> ConnectionOptions<'a> {
@@ -66,7 +68,14 @@ impl<'a> ConnectionOptions<'a> {
         if self.count < MAX_CONNECTION_FIELDS {
             self.values[self.count] = value;
             self.count += 1;
+        } else {
+            self.overflowed = true;
         }
+    }
+
+    /// More `Connection` fields than are kept: their options would be ignored.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed
     }
 
     pub(crate) fn has(&self, token: &[u8]) -> bool {
@@ -155,6 +164,8 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) host: &'a [u8],
     pub(crate) region: &'a [u8],
     pub(crate) request_id: &'a [u8],
+    /// The request is an upgrade the proxy will tunnel (HTTP/1.1 only): `Upgrade` is kept.
+    pub(crate) upgrade: bool,
 }
 
 /// Writes the request head the machine receives: HTTP/1.1, hop-by-hop fields removed, the
@@ -207,7 +218,7 @@ pub(crate) fn write_request_head<'h, I>(
     put(out, b"fly-forwarded-port", port);
     put(out, b"fly-region", forwarding.region);
     put(out, b"x-request-id", forwarding.request_id);
-    if facts.is_upgrade()
+    if forwarding.upgrade
         && let Some(upgrade) = facts.upgrade
     {
         out.extend_from_slice(b"connection: upgrade\r\n");
@@ -231,6 +242,7 @@ pub(crate) struct ResponseFacts<'a> {
     pub(crate) connection: ConnectionOptions<'a>,
     pub(crate) length: LengthFields,
     pub(crate) content_length: Option<&'a [u8]>,
+    pub(crate) transfer_encoding: Option<&'a [u8]>,
     pub(crate) upgrade: Option<&'a [u8]>,
 }
 
@@ -241,6 +253,8 @@ impl<'a> ResponseFacts<'a> {
             if facts.length.note(name, value) {
                 if name.eq_ignore_ascii_case(b"content-length") {
                     facts.content_length = Some(trim(value));
+                } else {
+                    facts.transfer_encoding = Some(trim(value));
                 }
             } else if name.eq_ignore_ascii_case(b"connection") {
                 facts.connection.add(value);
@@ -332,6 +346,7 @@ mod tests {
                 host: b"app.localhost",
                 region: b"local",
                 request_id: b"id1",
+                upgrade: facts.is_upgrade(),
             },
             framing,
         );

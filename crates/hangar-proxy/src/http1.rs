@@ -177,6 +177,10 @@ fn parse(proxy: &Proxy, buf: &[u8], client: &ClientInfo) -> Parse {
     let Ok(framing) = facts.length.request() else {
         return reject(ProxyError::MalformedRequest, minor);
     };
+    if facts.connection.overflowed() {
+        return reject(ProxyError::MalformedRequest, minor);
+    }
+    let upgrade = minor == 1 && facts.is_upgrade();
     let Some((target, authority)) = origin_form(path.as_bytes()) else {
         return reject(ProxyError::MalformedRequest, minor);
     };
@@ -201,6 +205,7 @@ fn parse(proxy: &Proxy, buf: &[u8], client: &ClientInfo) -> Parse {
         client,
         &request_id,
         framing,
+        upgrade,
     );
     let request = Request {
         head_len,
@@ -212,7 +217,7 @@ fn parse(proxy: &Proxy, buf: &[u8], client: &ClientInfo) -> Parse {
                 "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
             ),
         keep_alive,
-        upgrade: minor == 1 && facts.is_upgrade(),
+        upgrade,
         framing,
         wants_json: facts.wants_json,
         request_id,
@@ -548,15 +553,22 @@ impl Exchange<'_> {
         ubuf: &mut Vec<u8>,
         watchdog: &mut Watchdog,
     ) -> Result<usize, Failure> {
-        let written = write_two(&mut upstream.stream, &self.routed.head, &buf[..first]).await;
+        let upstream_timeout = self.proxy.opts.upstream_timeout;
+        // The timer is only set when the write has to wait (a machine not reading).
+        let write = write_two(&mut upstream.stream, &self.routed.head, &buf[..first]);
+        let written = tokio::time::timeout(upstream_timeout, write).await;
         buf.drain(..first);
-        if let Err(err) = written {
+        let failed = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(format!("sending the request: {err}")),
+            Err(_) => Some(format!("the machine read nothing for {upstream_timeout:?}")),
+        };
+        if let Some(detail) = failed {
             return Err(Failure::Upstream {
-                detail: format!("sending the request: {err}"),
+                detail,
                 started: false,
             });
         }
-        let upstream_timeout = self.proxy.opts.upstream_timeout;
         let minor = self.request.minor;
         let (mut client_read, mut client_write) = stream.split();
         let (mut up_read, mut up_write) = upstream.stream.split();
@@ -574,6 +586,7 @@ impl Exchange<'_> {
             &mut up_write,
             body,
             self.proxy.opts.body_read_timeout,
+            upstream_timeout,
         );
         tokio::pin!(read_head, send_body);
         // The machine's time to answer counts from the end of the request body.
@@ -647,6 +660,12 @@ impl Exchange<'_> {
             return Next::Gone;
         }
 
+        let upstream_timeout = self.proxy.opts.upstream_timeout;
+        let client_timeout = self
+            .proxy
+            .opts
+            .body_read_timeout
+            .unwrap_or(upstream_timeout);
         let mut body = BodyTracker::new(head.framing);
         let mut decoded = Vec::new();
         let mut extra = false;
@@ -670,7 +689,10 @@ impl Exchange<'_> {
             } else {
                 &chunk[..used]
             };
-            if write_two(stream, &head_bytes, out).await.is_err() {
+            // A client that reads nothing for the client timeout loses the response (and frees
+            // the machine's slot).
+            let written = tokio::time::timeout(client_timeout, write_two(stream, &head_bytes, out));
+            if !matches!(written.await, Ok(Ok(()))) {
                 return Next::Gone;
             }
             head_bytes.clear();
@@ -686,7 +708,12 @@ impl Exchange<'_> {
             {
                 ubuf.reserve(BODY_READ);
             }
-            match upstream.stream.read_buf(ubuf).await {
+            let read = tokio::time::timeout(upstream_timeout, upstream.stream.read_buf(ubuf));
+            let Ok(read) = read.await else {
+                // The machine stalled mid-body: all that can be done is to cut the response.
+                return Next::Gone;
+            };
+            match read {
                 Ok(0) => {
                     if !body.close() {
                         return Next::Gone;
@@ -760,7 +787,12 @@ impl Exchange<'_> {
                 push_decimal(&mut out, n);
                 out.extend_from_slice(b"\r\n");
             }
-            Framing::Chunked if !decode => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            Framing::Chunked if !decode => {
+                // The machine's codings as it sent them (`gzip, chunked` stays that).
+                out.extend_from_slice(b"transfer-encoding: ");
+                out.extend_from_slice(head.facts.transfer_encoding.unwrap_or(b"chunked"));
+                out.extend_from_slice(b"\r\n");
+            }
             Framing::Empty if request.is_head || head.status == 304 => {
                 if let Some(length) = head.facts.content_length {
                     out.extend_from_slice(b"content-length: ");
@@ -880,17 +912,23 @@ enum BodyError {
 
 /// Passes the rest of a request body from the client to the machine. Bytes after the body
 /// (a pipelined request) stay in `buf`.
+///
+/// The tracker moves on only once a piece has been written: when the machine answers early
+/// and this future is dropped mid-write, or the write fails, the body counts as unfinished,
+/// so neither the client connection (whose unread body would be parsed as a request) nor
+/// the machine's (which would read the next request as body) is used again.
 async fn copy_body(
     client: &mut ReadHalf<'_>,
     buf: &mut Vec<u8>,
     upstream: &mut WriteHalf<'_>,
     body: &mut BodyTracker,
-    timeout: Option<Duration>,
+    read_timeout: Option<Duration>,
+    write_timeout: Duration,
 ) -> Result<(), BodyError> {
     buf.reserve(BODY_READ);
     // Bounded by the client's body: every iteration reads at least one byte or returns.
     while !body.is_done() {
-        let read = match timeout {
+        let read = match read_timeout {
             Some(timeout) => tokio::time::timeout(timeout, client.read_buf(buf))
                 .await
                 .map_err(|_| BodyError::ClientTimeout(timeout))?,
@@ -900,12 +938,16 @@ async fn copy_body(
             Ok(n) if n > 0 => {}
             _ => return Err(BodyError::ClientGone),
         }
-        let used = body
+        let mut next = body.clone();
+        let used = next
             .feed(buf, &mut |_| {})
             .map_err(|_| BodyError::ClientMalformed)?;
-        if upstream.write_all(&buf[..used]).await.is_err() {
-            return Err(BodyError::Upstream);
+        match tokio::time::timeout(write_timeout, upstream.write_all(&buf[..used])).await {
+            Ok(Ok(())) => {}
+            // Failed, or the machine stopped reading for the whole timeout.
+            _ => return Err(BodyError::Upstream),
         }
+        *body = next;
         buf.drain(..used);
     }
     Ok(())

@@ -111,11 +111,23 @@ async fn handle(
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let fields: Vec<(&[u8], &[u8])> = parts
+    // HTTP/2 may split `cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+    let cookies: Vec<&[u8]> = parts
+        .headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let cookie = (cookies.len() > 1).then(|| cookies.join(&b"; "[..]));
+    let mut fields: Vec<(&[u8], &[u8])> = parts
         .headers
         .iter()
+        .filter(|(name, _)| cookie.is_none() || *name != hyper::header::COOKIE)
         .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
         .collect();
+    if let Some(cookie) = &cookie {
+        fields.push((b"cookie", cookie));
+    }
     let fields = fields.iter().copied();
     let facts = RequestFacts::scan(fields.clone());
     let request_id = match facts.request_id {
@@ -135,18 +147,36 @@ async fn handle(
     let authority = parts.uri.authority().map(|a| a.as_str().as_bytes());
     let access = AccessEntry::capture(proxy, method, target);
     let is_head = parts.method == hyper::Method::HEAD;
-    let routed = proxy.route(
-        method,
-        target,
-        authority,
-        fields,
-        &facts,
-        client,
-        &request_id,
-        framing,
-    );
+    let retryable = framing == Framing::Empty
+        && matches!(
+            method,
+            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+        );
+    let routed = if parts.method == hyper::Method::CONNECT {
+        Err((ProxyError::MalformedRequest, None))
+    } else {
+        proxy.route(
+            method,
+            target,
+            authority,
+            fields,
+            &facts,
+            client,
+            &request_id,
+            framing,
+            false,
+        )
+    };
     let result = match routed {
-        Ok(routed) => forward(proxy, routed.app, &routed.head, body, framing, is_head).await,
+        Ok(routed) => {
+            let request = Forwarded {
+                head: &routed.head,
+                framing,
+                is_head,
+                retryable,
+            };
+            forward(proxy, routed.app, request, body).await
+        }
         Err(failed) => Err(failed),
     };
     let (mut response, app, machine, error) = match result {
@@ -171,15 +201,28 @@ async fn handle(
     response
 }
 
+/// A request as its machine receives it.
+struct Forwarded<'a> {
+    head: &'a [u8],
+    framing: Framing,
+    is_head: bool,
+    /// An idempotent method without a body: may be sent again on a fresh connection.
+    retryable: bool,
+}
+
 /// Sends the request to a machine and returns its response with a streaming body.
 async fn forward(
     proxy: &Proxy,
     app: Arc<CompiledApp>,
-    head: &[u8],
+    request: Forwarded<'_>,
     mut body: Incoming,
-    framing: Framing,
-    is_head: bool,
 ) -> Result<(Response<ResponseBody>, Arc<CompiledApp>, String), Failed> {
+    let Forwarded {
+        head,
+        framing,
+        is_head,
+        retryable,
+    } = request;
     let pooled = app.kind == ConcurrencyKind::Requests;
     let (mut upstream, guard) = match proxy.open(&app, pooled).await {
         Ok(opened) => opened,
@@ -222,7 +265,7 @@ async fn forward(
         match read {
             Ok(len) => break (ubuf, len),
             Err(HeadError::Closed { started: false, .. })
-                if upstream.reused && !retried && framing == Framing::Empty =>
+                if upstream.reused && !retried && retryable =>
             {
                 retried = true;
                 upstream = proxy

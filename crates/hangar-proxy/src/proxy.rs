@@ -301,7 +301,8 @@ impl Proxy {
     }
 
     /// Finds the app for a request's host and writes the head its machine will receive.
-    /// `authority` is the target's authority (absolute-form or HTTP/2), used without `Host`.
+    /// `authority` is the target's authority (absolute-form or HTTP/2), used without `Host`;
+    /// `upgrade` keeps the client's `Upgrade` for a tunnel.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn route<'h, I>(
         &self,
@@ -313,6 +314,7 @@ impl Proxy {
         client: &ClientInfo,
         request_id: &[u8],
         framing: Framing,
+        upgrade: bool,
     ) -> Result<Routed, (ProxyError, Option<Arc<CompiledApp>>)>
     where
         I: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
@@ -347,6 +349,7 @@ impl Proxy {
                 host,
                 region: snapshot.region.as_bytes(),
                 request_id,
+                upgrade,
             },
             framing,
         );

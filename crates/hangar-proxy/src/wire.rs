@@ -42,6 +42,8 @@ pub(crate) struct LengthFields {
     content_length: Option<u64>,
     content_length_invalid: bool,
     transfer_encoding: bool,
+    /// More than one `Transfer-Encoding` field, or codings other than `chunked`.
+    other_codings: bool,
     chunked_last: bool,
 }
 
@@ -57,6 +59,8 @@ impl LengthFields {
             }
             true
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.other_codings |=
+                self.transfer_encoding || !trim(value).eq_ignore_ascii_case(b"chunked");
             self.transfer_encoding = true;
             // The last coding decides; `chunked` must be last when present (§6.1).
             self.chunked_last = value
@@ -69,13 +73,15 @@ impl LengthFields {
         }
     }
 
-    /// A request body's framing: without either field, there is no body.
+    /// A request body's framing: without either field, there is no body. Only a lone
+    /// `chunked` coding is accepted: the machine gets the body as the client sent it, so a
+    /// coding the proxy does not forward (`gzip, chunked`) would be lost.
     pub(crate) fn request(&self) -> Result<Framing, FramingError> {
         if self.transfer_encoding {
             if self.content_length.is_some() || self.content_length_invalid {
                 return Err(FramingError::Both);
             }
-            if !self.chunked_last {
+            if !self.chunked_last || self.other_codings {
                 return Err(FramingError::UnknownCoding);
             }
             return Ok(Framing::Chunked);
@@ -232,6 +238,7 @@ enum ChunkState {
     DataLf,
     TrailerStart,
     Trailer,
+    TrailerLf,
     EndLf,
     Done,
 }
@@ -277,7 +284,10 @@ impl Chunked {
                 (Size, b';' | b' ' | b'\t') if self.digits > 0 => Extension,
                 (Size, b'\r') if self.digits > 0 => SizeLf,
                 (Extension, b'\r') => SizeLf,
-                (Extension, _) => {
+                // Visible characters, spaces and tabs only: a bare LF or another control
+                // character ends the line early for some servers, so the two sides would
+                // disagree on where the chunk starts.
+                (Extension, b) if b == b'\t' || (b' '..=b'~').contains(&b) => {
                     self.line += 1;
                     if self.line > MAX_CHUNK_LINE {
                         return Err(FramingError::Chunked);
@@ -292,8 +302,11 @@ impl Chunked {
                 (DataCr, b'\r') => DataLf,
                 (DataLf, b'\n') => Size,
                 (TrailerStart, b'\r') => EndLf,
-                (TrailerStart | Trailer, b'\n') => TrailerStart,
-                (TrailerStart | Trailer, _) => {
+                (Trailer, b'\r') => TrailerLf,
+                (TrailerLf, b'\n') => TrailerStart,
+                // Trailer lines end with CRLF; a bare LF is refused (some servers take it for
+                // the end of the body).
+                (TrailerStart | Trailer, b) if b != b'\n' => {
                     self.line += 1;
                     if self.line > MAX_TRAILERS {
                         return Err(FramingError::Chunked);
@@ -390,6 +403,12 @@ mod tests {
             b"3\r\nabcX",
             b"fffffffffffffffff\r\n",
             b"0\r\n\rX",
+            // Bare LFs in a trailer, an extension or after data.
+            b"0\r\n\nGET / HTTP/1.1\r\n",
+            b"0\r\nx-t: 1\nGET",
+            b"2;\nxx\r\n",
+            b"2;a\x01\r\nxx\r\n",
+            b"2\r\nxx\n",
         ] {
             assert_eq!(decode(&[bad]), Err(FramingError::Chunked), "{bad:?}");
         }
@@ -423,7 +442,23 @@ mod tests {
             Err(FramingError::ContentLength)
         );
         assert_eq!(
+            fields(&[("transfer-encoding", "Chunked ")]).request(),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
             fields(&[("transfer-encoding", "gzip, chunked")]).request(),
+            Err(FramingError::UnknownCoding)
+        );
+        assert_eq!(
+            fields(&[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked")
+            ])
+            .request(),
+            Err(FramingError::UnknownCoding)
+        );
+        assert_eq!(
+            fields(&[("transfer-encoding", "gzip, chunked")]).response(),
             Ok(Framing::Chunked)
         );
         assert_eq!(

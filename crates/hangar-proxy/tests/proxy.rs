@@ -1042,6 +1042,16 @@ async fn h2c_prior_knowledge_requests_are_proxied() {
         assert_eq!(seen["host"], "app.localhost");
         assert_eq!(seen["x-forwarded-host"], "app.localhost");
     }
+    // HTTP/2 cookie fields reach the HTTP/1.1 machine as one field.
+    let request = hyper::Request::get("http://app.localhost/headers")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let seen: HashMap<String, String> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["cookie"], "a=1; b=2");
 }
 
 fn rss_bytes() -> u64 {
@@ -1369,6 +1379,14 @@ async fn ambiguous_framing_and_connect_are_400_and_chunked_bodies_pass() {
             "Content-Length: 5\r\nContent-Length: 6\r\n",
         ),
         ("a coding other than chunked", "Transfer-Encoding: gzip\r\n"),
+        (
+            "codings besides chunked",
+            "Transfer-Encoding: gzip, chunked\r\n",
+        ),
+        (
+            "two Transfer-Encoding fields",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        ),
         ("a negative length", "Content-Length: -1\r\n"),
     ] {
         let request = format!("{head}{extra}\r\nhello");
@@ -1483,6 +1501,16 @@ async fn http_1_0_clients_get_1_0_answers_and_plain_bodies() {
         assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
         assert!(answer.contains("connection: keep-alive"), "{answer}");
     }
+    // An HTTP/1.0 client cannot upgrade: its `Upgrade` does not reach the machine.
+    let (answer, _) = raw_exchange(
+        proxy.addr,
+        b"GET /headers HTTP/1.0\r\nHost: app.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        EVENTUALLY,
+    )
+    .await;
+    let seen: HashMap<String, String> =
+        serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert!(!seen.contains_key("upgrade"), "{answer}");
     // A streamed (chunked) response reaches an HTTP/1.0 client as plain data, then the close.
     let (answer, closed) = raw_exchange(
         proxy.addr,
@@ -1554,5 +1582,71 @@ async fn pooled_connections_the_machine_closed_are_not_used() {
         assert_eq!(answer.body, "ok");
     }
     assert_eq!(served.load(Ordering::SeqCst), 5);
+    machine.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_that_stops_reading_an_upload_is_a_504_within_twice_the_upstream_timeout() {
+    use tokio::io::AsyncWriteExt;
+    // A machine that accepts connections and never reads from them.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let machine = tokio::spawn(async move {
+        let mut held = Vec::new();
+        // Bounded by the test: the task is aborted at the end.
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let mut opts = test_options();
+    opts.upstream_timeout = Duration::from_millis(500);
+    let proxy = start_proxy(opts).await;
+    proxy.proxy.publish(snapshot(
+        1,
+        vec![route(
+            "app",
+            ConcurrencyKind::Requests,
+            vec![hangar_proxy::Backend {
+                machine_id: "deaf".to_owned(),
+                addr,
+                status: BackendStatus::Eligible,
+            }],
+        )],
+    ));
+    let size = 64 * 1024 * 1024;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let head =
+        format!("POST /upload HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: {size}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    // The client keeps sending until the proxy answers and stops reading.
+    let chunk = vec![b'x'; 64 * 1024];
+    let (mut read_half, mut write_half) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        for _ in 0..size / chunk.len() {
+            if write_half.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(EVENTUALLY, async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match read_half.read(&mut buf).await {
+                Ok(n) if n > 0 => answer.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer: the upload hung");
+    let answer = String::from_utf8_lossy(&answer);
+    // The write to the machine gives up after the timeout, then the wait for its answer does.
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(eventually(EVENTUALLY, || proxy.proxy.in_flight("deaf") == 0).await);
+    writer.abort();
     machine.abort();
 }
