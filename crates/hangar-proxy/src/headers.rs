@@ -96,6 +96,8 @@ pub(crate) struct RequestFacts<'a> {
     pub(crate) forwarded_port: bool,
     pub(crate) forwarded_for: bool,
     pub(crate) wants_json: bool,
+    /// More than one `Host` field (RFC 9112 §3.2: answered with a 400).
+    pub(crate) duplicate_host: bool,
 }
 
 impl<'a> RequestFacts<'a> {
@@ -106,7 +108,10 @@ impl<'a> RequestFacts<'a> {
                 continue;
             }
             match name.len() {
-                4 if name.eq_ignore_ascii_case(b"host") => facts.host = Some(trim(value)),
+                4 if name.eq_ignore_ascii_case(b"host") => {
+                    facts.duplicate_host |= facts.host.is_some();
+                    facts.host = Some(trim(value));
+                }
                 6 if name.eq_ignore_ascii_case(b"accept") => {
                     facts.wants_json |= value.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"));
                 }

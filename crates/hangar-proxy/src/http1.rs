@@ -177,7 +177,7 @@ fn parse(proxy: &Proxy, buf: &[u8], client: &ClientInfo) -> Parse {
     let Ok(framing) = facts.length.request() else {
         return reject(ProxyError::MalformedRequest, minor);
     };
-    if facts.connection.overflowed() {
+    if facts.connection.overflowed() || facts.duplicate_host {
         return reject(ProxyError::MalformedRequest, minor);
     }
     let upgrade = minor == 1 && facts.is_upgrade();

@@ -1388,6 +1388,7 @@ async fn ambiguous_framing_and_connect_are_400_and_chunked_bodies_pass() {
             "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
         ),
         ("a negative length", "Content-Length: -1\r\n"),
+        ("two Host fields", "Host: other.localhost\r\n"),
     ] {
         let request = format!("{head}{extra}\r\nhello");
         let (answer, closed) = raw_exchange(proxy.addr, request.as_bytes(), EVENTUALLY).await;
