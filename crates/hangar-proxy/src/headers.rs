@@ -133,6 +133,14 @@ impl<'a> RequestFacts<'a> {
         facts
     }
 
+    /// The request id: the client's, or a new one.
+    pub(crate) fn request_id(&self) -> Vec<u8> {
+        match self.request_id {
+            Some(id) => id.to_vec(),
+            None => new_request_id().to_vec(),
+        }
+    }
+
     /// Whether the request asks for a protocol upgrade (WebSocket and others).
     pub(crate) fn is_upgrade(&self) -> bool {
         self.upgrade.is_some() && self.connection.has(b"upgrade")

@@ -29,11 +29,11 @@ use tokio_util::sync::CancellationToken;
 use crate::buffers::{self, Buf};
 use crate::error::ProxyError;
 use crate::headers::{ClientInfo, RequestFacts, new_request_id};
-use crate::proxy::{AccessEntry, Answered, Proxy, Routed};
+use crate::proxy::{AccessEntry, Answered, Proxy, RequestLine, Routed};
 use crate::snapshot::ConcurrencyKind;
 use crate::stats::InFlightGuard;
 use crate::upstream::{HeadError, ResponseHead, Upstream, read_response_head, write_two};
-use crate::wire::{BodyTracker, Framing, MAX_HEADERS, push_decimal};
+use crate::wire::{self, BodyTracker, Framing, MAX_HEADERS, push_decimal};
 
 /// Room read at a time while a body streams.
 const BODY_READ: usize = 64 * 1024;
@@ -187,35 +187,26 @@ fn parse(proxy: &Proxy, buf: &[u8], client: &ClientInfo) -> Parse {
     if method == "CONNECT" {
         return reject(ProxyError::MalformedRequest, minor);
     }
-    let request_id = match facts.request_id {
-        Some(id) => id.to_vec(),
-        None => new_request_id().to_vec(),
-    };
+    let request_id = facts.request_id();
     let keep_alive = if minor == 0 {
         facts.connection.has(b"keep-alive")
     } else {
         !facts.connection.has(b"close")
     };
-    let routed = proxy.route(
-        method.as_bytes(),
+    let line = RequestLine {
+        method: method.as_bytes(),
         target,
         authority,
-        fields,
-        &facts,
-        client,
-        &request_id,
+        request_id: &request_id,
         framing,
         upgrade,
-    );
+    };
+    let routed = proxy.route(&line, fields, &facts, client);
     let request = Request {
         head_len,
         minor,
         is_head: method == "HEAD",
-        retryable: framing == Framing::Empty
-            && matches!(
-                method,
-                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-            ),
+        retryable: wire::retryable(method.as_bytes(), framing),
         keep_alive,
         upgrade,
         framing,
@@ -312,9 +303,20 @@ async fn serve_request(
         }
     };
     buf.drain(..request.head_len);
-    let routed = match routed {
-        Ok(routed) => routed,
+    let opened = match routed {
+        Ok(routed) => {
+            let pooled = routed.app.kind == ConcurrencyKind::Requests && !request.upgrade;
+            match proxy.open(&routed.app, pooled).await {
+                Ok((upstream, guard)) => Ok((routed, upstream, guard, pooled)),
+                Err(error) => Err((error, Some(routed.app))),
+            }
+        }
+        Err(failed) => Err(failed),
+    };
+    let (routed, upstream, guard, pooled) = match opened {
+        Ok(opened) => opened,
         Err((error, app)) => {
+            let body_done = request.framing == Framing::Empty;
             return answer_error(
                 proxy,
                 stream,
@@ -323,22 +325,7 @@ async fn serve_request(
                 &error,
                 app.as_deref(),
                 started,
-            )
-            .await;
-        }
-    };
-    let pooled = routed.app.kind == ConcurrencyKind::Requests && !request.upgrade;
-    let (upstream, guard) = match proxy.open(&routed.app, pooled).await {
-        Ok(opened) => opened,
-        Err(error) => {
-            return answer_error(
-                proxy,
-                stream,
-                client,
-                &request,
-                &error,
-                Some(&routed.app),
-                started,
+                body_done,
             )
             .await;
         }
@@ -354,26 +341,11 @@ async fn serve_request(
     exchange.run(stream, buf, upstream, guard, watchdog).await
 }
 
-/// Writes an error the proxy answers itself; the connection stays open when the request
-/// had no body (a body would have to be read first).
-async fn answer_error(
-    proxy: &Proxy,
-    stream: &mut TcpStream,
-    client: &ClientInfo,
-    request: &Request,
-    error: &ProxyError,
-    app: Option<&crate::balance::CompiledApp>,
-    started: Instant,
-) -> Next {
-    let body_done = request.framing == Framing::Empty;
-    answer_error_after_body(
-        proxy, stream, client, request, error, app, started, body_done,
-    )
-    .await
-}
-
+/// Writes an error the proxy answers itself. The connection stays open when the client wants
+/// that and the request's body has been read (`body_done`): an unread body would be taken
+/// for the next request.
 #[allow(clippy::too_many_arguments)]
-async fn answer_error_after_body(
+async fn answer_error(
     proxy: &Proxy,
     stream: &mut TcpStream,
     client: &ClientInfo,
@@ -526,7 +498,7 @@ impl Exchange<'_> {
     }
 
     async fn fail(&self, stream: &mut TcpStream, error: &ProxyError, body_done: bool) -> Next {
-        answer_error_after_body(
+        answer_error(
             self.proxy,
             stream,
             self.client,

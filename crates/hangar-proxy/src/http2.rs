@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::balance::CompiledApp;
 use crate::body::{ResponseBody, UpstreamResponse};
 use crate::error::ProxyError;
-use crate::headers::{ClientInfo, RequestFacts, new_request_id};
-use crate::proxy::{AccessEntry, Answered, Proxy, ProxyOptions};
+use crate::headers::{ClientInfo, RequestFacts};
+use crate::proxy::{AccessEntry, Answered, Proxy, ProxyOptions, RequestLine};
 use crate::snapshot::ConcurrencyKind;
 use crate::upstream::{HeadError, ResponseHead, read_response_head};
 use crate::wire::{self, BodyTracker, Framing, MAX_HEADERS};
@@ -130,10 +130,7 @@ async fn handle(
     }
     let fields = fields.iter().copied();
     let facts = RequestFacts::scan(fields.clone());
-    let request_id = match facts.request_id {
-        Some(id) => id.to_vec(),
-        None => new_request_id().to_vec(),
-    };
+    let request_id = facts.request_id();
     let framing = match facts.length.request() {
         Ok(Framing::Length(n)) => Framing::Length(n),
         _ if body.is_end_stream() => Framing::Empty,
@@ -147,25 +144,19 @@ async fn handle(
     let authority = parts.uri.authority().map(|a| a.as_str().as_bytes());
     let access = AccessEntry::capture(proxy, method, target);
     let is_head = parts.method == hyper::Method::HEAD;
-    let retryable = framing == Framing::Empty
-        && matches!(
-            method,
-            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
-        );
+    let retryable = wire::retryable(method, framing);
     let routed = if parts.method == hyper::Method::CONNECT {
         Err((ProxyError::MalformedRequest, None))
     } else {
-        proxy.route(
+        let line = RequestLine {
             method,
             target,
             authority,
-            fields,
-            &facts,
-            client,
-            &request_id,
+            request_id: &request_id,
             framing,
-            false,
-        )
+            upgrade: false,
+        };
+        proxy.route(&line, fields, &facts, client)
     };
     let result = match routed {
         Ok(routed) => {

@@ -78,6 +78,19 @@ pub struct Proxy {
     pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
+/// What [`Proxy::route`] needs of a request besides its header fields.
+pub(crate) struct RequestLine<'a> {
+    pub(crate) method: &'a [u8],
+    /// Origin form (`/path?query`).
+    pub(crate) target: &'a [u8],
+    /// The authority of an absolute-form target or of an HTTP/2 request, used without `Host`.
+    pub(crate) authority: Option<&'a [u8]>,
+    pub(crate) request_id: &'a [u8],
+    pub(crate) framing: Framing,
+    /// An upgrade the proxy will tunnel (HTTP/1.1 only): the client's `Upgrade` is kept.
+    pub(crate) upgrade: bool,
+}
+
 /// A request routed to an app, with the head its machine will receive.
 pub(crate) struct Routed {
     pub(crate) app: Arc<CompiledApp>,
@@ -301,20 +314,12 @@ impl Proxy {
     }
 
     /// Finds the app for a request's host and writes the head its machine will receive.
-    /// `authority` is the target's authority (absolute-form or HTTP/2), used without `Host`;
-    /// `upgrade` keeps the client's `Upgrade` for a tunnel.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn route<'h, I>(
         &self,
-        method: &[u8],
-        target: &[u8],
-        authority: Option<&[u8]>,
+        request: &RequestLine<'_>,
         fields: I,
         facts: &RequestFacts<'_>,
         client: &ClientInfo,
-        request_id: &[u8],
-        framing: Framing,
-        upgrade: bool,
     ) -> Result<Routed, (ProxyError, Option<Arc<CompiledApp>>)>
     where
         I: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
@@ -322,7 +327,7 @@ impl Proxy {
         let snapshot = self.snapshot.load();
         let host = facts
             .host
-            .or(authority)
+            .or(request.authority)
             .filter(|h| !h.is_empty())
             .ok_or_else(|| {
                 let base_domain = snapshot.base_domain.clone();
@@ -340,18 +345,18 @@ impl Proxy {
         let mut head = Buf::take();
         headers::write_request_head(
             &mut head,
-            method,
-            target,
+            request.method,
+            request.target,
             fields,
             facts,
             &Forwarding {
                 client,
                 host,
                 region: snapshot.region.as_bytes(),
-                request_id,
-                upgrade,
+                request_id: request.request_id,
+                upgrade: request.upgrade,
             },
-            framing,
+            request.framing,
         );
         Ok(Routed {
             app: app.clone(),

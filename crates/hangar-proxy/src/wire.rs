@@ -139,6 +139,16 @@ pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
         .any(|t| trim(t).eq_ignore_ascii_case(token))
 }
 
+/// Whether a request may be sent again on a fresh connection when a pooled one turns out
+/// closed before any answer: an idempotent method (RFC 9110 §9.2.2) without a body.
+pub(crate) fn retryable(method: &[u8], framing: Framing) -> bool {
+    framing == Framing::Empty
+        && matches!(
+            method,
+            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+        )
+}
+
 /// Where a body ends, for a body passed through as it arrives.
 #[derive(Debug, Clone)]
 pub(crate) struct BodyTracker {
