@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -46,6 +47,9 @@ impl Server {
         Self { builder }
     }
 
+    /// Serves one h2c connection until the client closes it, `shutdown` is cancelled, or no
+    /// request has started for the idle timeout (`header_read_timeout`, as for HTTP/1). The
+    /// last two end it gracefully: streams in progress finish.
     pub(crate) async fn serve(
         &self,
         proxy: Arc<Proxy>,
@@ -53,19 +57,41 @@ impl Server {
         client: ClientInfo,
         shutdown: CancellationToken,
     ) {
+        let idle_timeout = proxy.opts.header_read_timeout;
         let client = Arc::new(client);
+        let epoch = TokioInstant::now();
+        // Milliseconds from `epoch` to the latest request's start.
+        let last_request = Arc::new(AtomicU64::new(0));
+        let seen = last_request.clone();
         let service = hyper::service::service_fn(move |req| {
             let proxy = proxy.clone();
             let client = client.clone();
+            let since_epoch = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            seen.store(since_epoch, Ordering::Relaxed);
             async move { Ok::<_, Infallible>(Box::pin(handle(&proxy, req, &client)).await) }
         });
         // Boxed: inline, the HTTP/2 state would enlarge every connection's task.
         let mut conn = Box::pin(self.builder.serve_connection(TokioIo::new(stream), service));
-        let result = tokio::select! {
-            result = conn.as_mut() => result,
-            () = shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        let idle_until =
+            || epoch + Duration::from_millis(last_request.load(Ordering::Relaxed)) + idle_timeout;
+        let idle = tokio::time::sleep_until(idle_until());
+        tokio::pin!(idle);
+        // Bounded: each wake-up either ends the connection or moves the idle deadline on.
+        let result = loop {
+            tokio::select! {
+                result = conn.as_mut() => break result,
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
+                () = &mut idle => {
+                    let until = idle_until();
+                    if TokioInstant::now() >= until {
+                        conn.as_mut().graceful_shutdown();
+                        break conn.await;
+                    }
+                    idle.as_mut().reset(until);
+                }
             }
         };
         if let Err(err) = result {

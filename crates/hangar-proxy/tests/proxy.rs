@@ -1651,3 +1651,38 @@ async fn a_machine_that_stops_reading_an_upload_is_a_504_within_twice_the_upstre
     writer.abort();
     machine.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2c_connections_are_closed_after_the_idle_timeout() {
+    let a = Upstream::start("a").await;
+    let mut opts = test_options();
+    opts.header_read_timeout = Duration::from_millis(300);
+    let proxy = start_proxy(opts).await;
+    proxy.proxy.publish(one_app(&a));
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let ended = tokio::spawn(conn);
+    // Requests keep the connection open past the timeout.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(600) {
+        let request = hyper::Request::get("http://app.localhost/")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await.unwrap();
+    }
+    // Then silence: the proxy ends the connection.
+    let closed_at = Instant::now();
+    tokio::time::timeout(EVENTUALLY, ended)
+        .await
+        .expect("the idle connection was not closed")
+        .unwrap()
+        .ok();
+    assert!(closed_at.elapsed() >= Duration::from_millis(200));
+}
