@@ -7,9 +7,10 @@
 //! for an HTTP/1.0 client), and both sockets are driven by the same task, so a request costs
 //! about two reads and two writes.
 //!
-//! **Idle memory.** Between requests a keep-alive connection holds its socket and nothing
-//! else: the read buffer is freed when the last request's bytes are used up and made again
-//! when the client sends more. Pipelined requests stay in the buffer and are served in order.
+//! **Idle memory.** Between requests a keep-alive connection holds its socket and its
+//! [`Watchdog`] timer: the read buffer goes back to the thread's spares (`buffers`) when the
+//! last request's bytes are used up, and is taken again when the client sends more.
+//! Pipelined requests stay in the buffer and are served in order.
 //!
 //! **Errors.** A head the proxy cannot parse gets a 400 (431 when too large, 414 when even
 //! the request line does not fit), JSON when the head asked for JSON in `Accept`, and the
