@@ -221,14 +221,7 @@ async fn slow_upstream_is_a_504() {
     let mut opts = test_options();
     opts.upstream_timeout = Duration::from_millis(200);
     let proxy = start_proxy(opts).await;
-    proxy.proxy.publish(snapshot(
-        1,
-        vec![route(
-            "app",
-            ConcurrencyKind::Requests,
-            vec![a.backend(BackendStatus::Eligible)],
-        )],
-    ));
+    proxy.proxy.publish(one_app(&a));
     let started = Instant::now();
     let answer = get(&client(), proxy.addr, "app.localhost", "/slow?ms=3000").await;
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
@@ -385,14 +378,7 @@ impl RawConn {
 async fn keep_alive_pipelining_and_split_heads() {
     let a = Upstream::start("a").await;
     let proxy = start_proxy(test_options()).await;
-    proxy.proxy.publish(snapshot(
-        1,
-        vec![route(
-            "app",
-            ConcurrencyKind::Requests,
-            vec![a.backend(BackendStatus::Eligible)],
-        )],
-    ));
+    proxy.proxy.publish(one_app(&a));
     let mut conn = RawConn::connect(proxy.addr).await;
     let request = b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n";
     for _ in 0..3 {
@@ -441,14 +427,7 @@ async fn slow_clients_are_cut_by_read_timeouts() {
     opts.header_read_timeout = Duration::from_millis(300);
     opts.body_read_timeout = Some(Duration::from_millis(300));
     let proxy = start_proxy(opts).await;
-    proxy.proxy.publish(snapshot(
-        1,
-        vec![route(
-            "app",
-            ConcurrencyKind::Requests,
-            vec![a.backend(BackendStatus::Eligible)],
-        )],
-    ));
+    proxy.proxy.publish(one_app(&a));
 
     // Half the headers, then silence: the proxy closes the connection.
     let started = Instant::now();
@@ -478,14 +457,7 @@ async fn slow_clients_are_cut_by_read_timeouts() {
 async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
     let a = Upstream::start("a").await;
     let proxy = start_proxy(test_options()).await;
-    proxy.proxy.publish(snapshot(
-        1,
-        vec![route(
-            "app",
-            ConcurrencyKind::Requests,
-            vec![a.backend(BackendStatus::Eligible)],
-        )],
-    ));
+    proxy.proxy.publish(one_app(&a));
     let client = client();
     let answer = get_with(
         &client,
@@ -976,14 +948,7 @@ async fn snapshot_swaps_during_load_never_fail_a_request() {
 async fn websocket_echo_through_the_proxy() {
     let a = Upstream::start("a").await;
     let proxy = start_proxy(test_options()).await;
-    proxy.proxy.publish(snapshot(
-        1,
-        vec![route(
-            "app",
-            ConcurrencyKind::Requests,
-            vec![a.backend(BackendStatus::Eligible)],
-        )],
-    ));
+    proxy.proxy.publish(one_app(&a));
     let mut request = format!("ws://{}/ws", proxy.addr)
         .into_client_request()
         .unwrap();
@@ -1014,14 +979,7 @@ async fn websocket_echo_through_the_proxy() {
 async fn h2c_prior_knowledge_requests_are_proxied() {
     let a = Upstream::start("a").await;
     let proxy = start_proxy(test_options()).await;
-    proxy.proxy.publish(snapshot(
-        1,
-        vec![route(
-            "app",
-            ConcurrencyKind::Requests,
-            vec![a.backend(BackendStatus::Eligible)],
-        )],
-    ));
+    proxy.proxy.publish(one_app(&a));
     let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -1065,14 +1023,7 @@ async fn hundred_megabyte_bodies_stream_both_ways_in_bounded_memory() {
     const SIZE: u64 = 100 * 1024 * 1024;
     let a = Upstream::start("a").await;
     let proxy = start_proxy(test_options()).await;
-    proxy.proxy.publish(snapshot(
-        1,
-        vec![route(
-            "app",
-            ConcurrencyKind::Requests,
-            vec![a.backend(BackendStatus::Eligible)],
-        )],
-    ));
+    proxy.proxy.publish(one_app(&a));
     let client = client();
     // Warm up allocator arenas and pools so that growth measures buffering, not first use.
     let _ = get(
@@ -1157,14 +1108,7 @@ fn metrics_text(proxy: &RunningProxy) -> String {
 async fn metrics_expose_requests_latency_in_flight_and_errors() {
     let a = Upstream::start("a").await;
     let proxy = start_proxy(test_options()).await;
-    proxy.proxy.publish(snapshot(
-        1,
-        vec![route(
-            "app",
-            ConcurrencyKind::Requests,
-            vec![a.backend(BackendStatus::Eligible)],
-        )],
-    ));
+    proxy.proxy.publish(one_app(&a));
     let client = client();
     for _ in 0..3 {
         assert_eq!(
@@ -1257,14 +1201,7 @@ async fn curl_reaches_the_app_over_http1_and_h2c() {
     }
     let a = Upstream::start("a").await;
     let proxy = start_proxy(test_options()).await;
-    proxy.proxy.publish(snapshot(
-        1,
-        vec![route(
-            "app",
-            ConcurrencyKind::Requests,
-            vec![a.backend(BackendStatus::Eligible)],
-        )],
-    ));
+    proxy.proxy.publish(one_app(&a));
     for extra in [&[][..], &["--http2-prior-knowledge"][..]] {
         let url = format!("http://{}/", proxy.addr);
         let mut args = vec!["-sS", "-i", "-H", "Host: app.localhost", url.as_str()];
@@ -1294,17 +1231,10 @@ async fn a_slow_reader_gets_the_whole_response_and_the_connection_serves_on() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let a = Upstream::start("a").await;
     let proxy = start_proxy(test_options()).await;
-    proxy.proxy.publish(snapshot(
-        1,
-        vec![route(
-            "app",
-            ConcurrencyKind::Requests,
-            vec![a.backend(BackendStatus::Eligible)],
-        )],
-    ));
+    proxy.proxy.publish(one_app(&a));
     let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    // 32 MB is more than loopback socket buffers hold, so the proxy's writes block while the
-    // client is not reading, and the response ends while bytes still wait to be sent.
+    // 32 MB is more than loopback socket buffers hold: the proxy's writes block whenever the
+    // client falls behind, and the client starts reading only once the machine is answering.
     let size = 32 * 1024 * 1024;
     stream
         .write_all(
@@ -1313,7 +1243,7 @@ async fn a_slow_reader_gets_the_whole_response_and_the_connection_serves_on() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(eventually(EVENTUALLY, || a.requests() == 1).await);
     let mut received = Vec::with_capacity(size + 64 * 1024);
     let mut buf = vec![0u8; 256 * 1024];
     let complete = tokio::time::timeout(EVENTUALLY, async {
@@ -1352,15 +1282,21 @@ async fn a_slow_reader_gets_the_whole_response_and_the_connection_serves_on() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
-fn one_app(a: &Upstream) -> RoutingSnapshot {
+/// App `app` at `app.localhost` with one eligible machine, pooling upstream connections.
+fn app_at(machine_id: &str, addr: std::net::SocketAddr) -> RoutingSnapshot {
+    let backend = hangar_proxy::Backend {
+        machine_id: machine_id.to_owned(),
+        addr,
+        status: BackendStatus::Eligible,
+    };
     snapshot(
         1,
-        vec![route(
-            "app",
-            ConcurrencyKind::Requests,
-            vec![a.backend(BackendStatus::Eligible)],
-        )],
+        vec![route("app", ConcurrencyKind::Requests, vec![backend])],
     )
+}
+
+fn one_app(a: &Upstream) -> RoutingSnapshot {
+    app_at(&a.name, a.addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1559,18 +1495,7 @@ async fn pooled_connections_the_machine_closed_are_not_used() {
         }
     });
     let proxy = start_proxy(test_options()).await;
-    proxy.proxy.publish(snapshot(
-        1,
-        vec![route(
-            "app",
-            ConcurrencyKind::Requests,
-            vec![hangar_proxy::Backend {
-                machine_id: "oneshot".to_owned(),
-                addr,
-                status: BackendStatus::Eligible,
-            }],
-        )],
-    ));
+    proxy.proxy.publish(app_at("oneshot", addr));
     let client = client();
     for i in 0..5 {
         let answer = get(&client, proxy.addr, "app.localhost", "/").await;
@@ -1602,18 +1527,7 @@ async fn a_machine_that_stops_reading_an_upload_is_a_504_within_twice_the_upstre
     let mut opts = test_options();
     opts.upstream_timeout = Duration::from_millis(500);
     let proxy = start_proxy(opts).await;
-    proxy.proxy.publish(snapshot(
-        1,
-        vec![route(
-            "app",
-            ConcurrencyKind::Requests,
-            vec![hangar_proxy::Backend {
-                machine_id: "deaf".to_owned(),
-                addr,
-                status: BackendStatus::Eligible,
-            }],
-        )],
-    ));
+    proxy.proxy.publish(app_at("deaf", addr));
     let size = 64 * 1024 * 1024;
     let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let head =
@@ -1685,4 +1599,31 @@ async fn idle_h2c_connections_are_closed_after_the_idle_timeout() {
         .unwrap()
         .ok();
     assert!(closed_at.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_response_frees_the_machine_after_the_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let a = Upstream::start("a").await;
+    let mut opts = test_options();
+    opts.body_read_timeout = Some(Duration::from_millis(300));
+    let proxy = start_proxy(opts).await;
+    proxy.proxy.publish(one_app(&a));
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // More than the socket buffers hold, and the client never reads: the proxy's write blocks.
+    let size = 64 * 1024 * 1024;
+    stream
+        .write_all(
+            format!("GET /download?bytes={size} HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert!(eventually(EVENTUALLY, || proxy.proxy.in_flight("a") == 1).await);
+    // The response is cut after the client timeout and the machine's slot is freed.
+    assert!(
+        eventually(EVENTUALLY, || proxy.proxy.in_flight("a") == 0).await,
+        "a client that reads nothing holds the machine"
+    );
+    drop(stream);
 }
